@@ -1,0 +1,211 @@
+"""The paper's central pictures: logit-distance histograms and the margin sweep.
+
+Logit distances ``d_k = max_j z_j - z_k`` (winner = predicted class). MbLS penalises
+``relu(d_k - m)``, so the share of distances above the margin ``m`` shrinks as training goes on;
+CE lets the distances grow without bound (over-confidence).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mls_tutorial.plots._common import (
+    axes_grid,
+    check_counts,
+    check_edges,
+    is_mapping_with,
+    root_figure,
+)
+
+SUMMARIES = {
+    "all": "every non-winning class",
+    "mean": "per-voxel mean over the K-1 non-winning classes",
+}
+
+
+def distance_histogram_data(hist_or_dict, summary: str = "all", margin: float | None = None):
+    """Normalise a histogram source to a dict for drawing.
+
+    Returns ``edges``, ``counts`` (float arrays), ``overflow`` (distances beyond the last edge),
+    ``n`` (all distances, overflow included), ``summary``, ``fraction_above`` (share of ``d > m``,
+    None without a margin) and ``exact``. Accepts a ``LogitDistanceHistogram`` (its exact
+    ``fraction_above``), its ``to_dict()`` (rebuilt with ``from_dict``), or a ``histogram()`` dict
+    ``(edges, counts[, overflow, n, summary])``. When the exact count is not available (a plain
+    dict, or a margin the histogram was not built for) the share is read from the bins: exact
+    when ``m`` is a bin edge (bins are ``(lo, hi]``), else interpolated in its bin
+    (``exact=False``, drawn with "~").
+    """
+    if summary not in SUMMARIES:
+        raise ValueError(f"summary must be one of {sorted(SUMMARIES)}, got {summary!r}")
+    if margin is not None and not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be finite and >= 0, got {margin}")
+    source = hist_or_dict
+    if isinstance(source, Mapping) and not is_mapping_with(source, ("edges", "counts")):
+        from mls_tutorial.metrics import LogitDistanceHistogram
+
+        try:
+            source = LogitDistanceHistogram.from_dict(source)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                "hist_or_dict is neither a histogram dict nor a "
+                f"LogitDistanceHistogram.to_dict() dict ({exc!r})"
+            ) from None
+    fraction = None
+    if hasattr(source, "histogram"):
+        hist = source.histogram(summary)
+        if margin is not None:
+            try:
+                fraction = float(source.fraction_above(margin, summary))
+            except ValueError:  # a margin the histogram holds no exact boundary for
+                fraction = None
+    elif isinstance(source, Mapping):
+        hist = source
+        if hist.get("summary", summary) != summary:
+            raise ValueError(
+                f"the histogram dict holds summary {hist['summary']!r}, "
+                f"not the requested {summary!r}"
+            )
+    else:
+        raise ValueError(
+            "hist_or_dict must be a LogitDistanceHistogram, its to_dict() or a "
+            f"histogram dict, got {type(hist_or_dict).__name__}"
+        )
+    edges = check_edges(hist["edges"], "histogram edges")
+    counts = check_counts(hist["counts"], "histogram counts", edges.size - 1)
+    overflow = float(hist.get("overflow") or 0)
+    n = float(hist["n"]) if hist.get("n") is not None else counts.sum() + overflow
+    if overflow < 0 or not np.isclose(n, counts.sum() + overflow):
+        raise ValueError(f"histogram n={n} != sum(counts) + overflow = {counts.sum() + overflow}")
+    if n == 0:
+        raise ValueError("the histogram holds no distances: nothing to draw")
+    exact = True
+    if margin is not None and fraction is None:
+        fraction, exact = _fraction_from_bins(edges, counts, overflow, margin)
+    return dict(
+        edges=edges,
+        counts=counts,
+        overflow=overflow,
+        n=n,
+        summary=summary,
+        fraction_above=fraction,
+        exact=exact,
+    )
+
+
+def _fraction_from_bins(edges, counts, overflow, margin) -> tuple[float, bool]:
+    """Share of the distances above ``margin`` read from bins ``(lo, hi]`` (+ the overflow)."""
+    above = np.clip((edges[1:] - margin) / np.diff(edges), 0.0, 1.0)  # part of each bin > m
+    on_edge = bool(np.any(edges == margin) or margin < edges[0])
+    exact = on_edge or (margin >= edges[-1] and overflow == 0)
+    return float((np.sum(counts * above) + overflow) / (counts.sum() + overflow)), exact
+
+
+def logit_distance_histogram(
+    hists, margin: float | None = None, summary: str = "all", ax=None, normalize: bool = True
+):
+    """Overlay logit-distance histograms, e.g. ``{"CE": h_ce, "MbLS m=10": h_mbls}``.
+
+    Each curve is a step histogram (share of distances per bin when ``normalize``). With a
+    ``margin`` a vertical line marks ``d = m`` and each legend entry gives the share of distances
+    ``> m`` (exact from the histogram object; "~" marks a value read from bins), and the share
+    beyond the last edge when there is one.
+    ``summary``: ``"all"`` (every non-winning distance) or ``"mean"`` (per-voxel mean over the
+    non-winning classes); it is named on the x-axis. Returns the figure.
+    """
+    if hasattr(hists, "histogram") or is_mapping_with(hists, ("edges", "counts")):
+        hists = {"run": hists}
+    if not isinstance(hists, Mapping) or not hists:
+        raise ValueError("hists must be a non-empty dict {label: histogram}")
+    (ax,) = axes_grid(ax, 1, figsize=(6.0, 3.8))
+    for i, (label, source) in enumerate(hists.items()):
+        data = distance_histogram_data(source, summary, margin)
+        values = data["counts"] / data["n"] if normalize else data["counts"]
+        text = str(label)
+        if margin is not None:
+            approx = "" if data["exact"] else "~"
+            text += f" ({approx}{data['fraction_above']:.1%} > m)"
+        if data["overflow"]:
+            text += f" [{data['overflow'] / data['n']:.1%} beyond {data['edges'][-1]:g}]"
+        ax.stairs(values, data["edges"], color=f"C{i}", lw=1.6, label=text, fill=False)
+    if margin is not None:
+        ax.axvline(margin, color="k", ls="--", lw=1.2, label=f"margin m = {margin:g}", gid="margin")
+    ax.set_xlabel(f"logit distance $d = \\max_j z_j - z_k$ ({SUMMARIES[summary]})")
+    ax.set_ylabel("share of distances" if normalize else "count")
+    ax.set_xlim(left=0)
+    ax.legend(fontsize="small")
+    return root_figure(ax)
+
+
+def margin_sweep(
+    rows: Sequence[Mapping],
+    references: Mapping | None = None,
+    ax=None,
+    highlight: float | None = None,
+):
+    """DSC (top) and ECE / CECE (bottom) against the margin ``m``; returns the figure.
+
+    ``rows``: dicts with ``margin``, ``dice``, ``ece`` and optionally ``cece`` and ``alpha``
+    (one curve per alpha). ``references``: ``{label: dict(dice, ece, cece)}`` drawn as horizontal
+    lines (e.g. CE and LS). ``highlight``: a margin marked on each curve (artists with
+    ``gid="highlight"``, moved in place by the widget). ``ax``: None, one Axes (split) or two.
+    """
+    if not rows:
+        raise ValueError("rows must hold at least one dict(margin, dice, ece)")
+    groups = defaultdict(list)
+    for row in rows:
+        missing = [k for k in ("margin", "dice", "ece") if k not in row]
+        if missing:
+            raise ValueError(f"each row needs margin, dice and ece; {dict(row)} lacks {missing}")
+        if not float(row["margin"]) >= 0:
+            raise ValueError(f"rows: margin must be >= 0, got {row['margin']}")
+        groups[row.get("alpha")].append(row)
+    ax_dsc, ax_cal = axes_grid(ax, 2, direction="column", figsize=(5.5, 5.5))
+    for g, (alpha, group) in enumerate(sorted(groups.items(), key=lambda kv: _sort_key(kv[0]))):
+        group = sorted(group, key=lambda r: float(r["margin"]))
+        m = np.array([float(r["margin"]) for r in group])
+        suffix = "" if alpha is None or len(groups) == 1 else f", alpha={alpha:g}"
+        series = [
+            (ax_dsc, "dice", "o-", f"C{g}", "DSC"),
+            (ax_cal, "ece", "o-", f"C{g}", "ECE"),
+            (ax_cal, "cece", "s--", f"C{g}", "CECE"),
+        ]
+        for axis, key, style, color, name in series:
+            y = np.array([np.nan if r.get(key) is None else float(r[key]) for r in group])
+            if np.all(np.isnan(y)):
+                continue
+            axis.plot(m, y, style, color=color, label=f"MbLS {name}{suffix}", gid=key)
+            if highlight is not None:
+                hx, hy = _at_margin(m, y, highlight)
+                axis.plot(hx, hy, "*", ms=16, color="gold", mec="k", zorder=5, gid="highlight")
+    for r, (label, ref) in enumerate((references or {}).items()):
+        color = f"C{len(groups) + r}"
+        for axis, key, ls in ((ax_dsc, "dice", "-"), (ax_cal, "ece", "-"), (ax_cal, "cece", ":")):
+            if ref.get(key) is not None:
+                axis.axhline(
+                    float(ref[key]),
+                    color=color,
+                    ls=ls,
+                    lw=1.2,
+                    label=f"{label} {'DSC' if key == 'dice' else key.upper()}",
+                )
+    ax_dsc.set_ylabel("DSC (foreground)")
+    ax_cal.set_ylabel("calibration error")
+    ax_cal.set_xlabel("margin m")
+    ax_dsc.tick_params(labelbottom=False)
+    for axis in (ax_dsc, ax_cal):
+        axis.legend(fontsize="x-small", loc="best")
+    return root_figure(ax_dsc)
+
+
+def _sort_key(alpha):
+    return (alpha is None, 0.0 if alpha is None else float(alpha))
+
+
+def _at_margin(m: np.ndarray, y: np.ndarray, highlight: float):
+    """The curve's point at ``highlight`` (interpolated between swept margins)."""
+    ok = ~np.isnan(y)
+    return [highlight], [float(np.interp(highlight, m[ok], y[ok]))]

@@ -1,0 +1,82 @@
+"""Training curves from a run's ``history`` (``history.json``): loss and validation metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from mls_tutorial.plots._common import axes_grid, root_figure
+
+TRAIN_X_KEYS = ("iteration", "iterations", "step", "steps", "iter")
+VAL_X_KEYS = ("val_iteration", "val_iterations", "val_step", "val_steps", "val_iter")
+
+
+def _as_columns(history) -> dict[str, list]:
+    """A dict of lists; a list of per-step dicts (records) is turned into columns."""
+    if isinstance(history, Mapping):
+        return {str(k): v for k, v in history.items()}
+    if isinstance(history, Sequence) and all(isinstance(r, Mapping) for r in history):
+        keys = dict.fromkeys(k for r in history for k in r)
+        return {str(k): [r.get(k) for r in history] for k in keys}
+    raise ValueError(f"history must be a dict of lists or a list of dicts, got {type(history)}")
+
+
+def _numeric(values) -> np.ndarray | None:
+    if not isinstance(values, Sequence | np.ndarray) or isinstance(values, str):
+        return None
+    try:
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def split_history(history) -> tuple[np.ndarray, dict, np.ndarray, dict]:
+    """``(train_x, {loss key: y}, val_x, {val key: y})`` from a history.
+
+    Train series: keys containing ``loss`` (not ``val_``); x is the first of
+    ``iteration/step/iter`` present, else the record index. Validation series: keys starting with
+    ``val_``; x is ``val_iteration`` (or ``val_step``) when present, else the evaluation index.
+    """
+    cols = {k: _numeric(v) for k, v in _as_columns(history).items()}
+    cols = {k: v for k, v in cols.items() if v is not None and v.ndim == 1 and v.size}
+    train_x_key = next((k for k in TRAIN_X_KEYS if k in cols), None)
+    val_x_key = next((k for k in VAL_X_KEYS if k in cols), None)
+    train = {k: v for k, v in cols.items() if "loss" in k and not k.startswith("val_")}
+    val = {k: v for k, v in cols.items() if k.startswith("val_") and k != val_x_key}
+    if not train and not val:
+        raise ValueError(f"history has no loss or val_ series (keys: {sorted(cols)})")
+    n_train = max((v.size for v in train.values()), default=0)
+    train_x = cols[train_x_key] if train_x_key else np.arange(n_train, dtype=float)
+    n_val = max((v.size for v in val.values()), default=0)
+    val_x = cols[val_x_key] if val_x_key else np.arange(n_val, dtype=float)
+    train = {k: v for k, v in train.items() if v.size == train_x.size}
+    val = {k: v for k, v in val.items() if v.size == val_x.size}
+    return train_x, train, val_x, val
+
+
+def training_curves(history, ax=None):
+    """Loss (left) and validation metrics (right) against the iteration; returns the figure.
+
+    ``history``: a run's history, a dict of lists (or a list of per-step dicts); scalars are
+    ignored except ``best_iteration`` (a dotted line). ``ax``: None, one Axes (split) or two.
+    """
+    train_x, train, val_x, val = split_history(history)
+    ax_loss, ax_val = axes_grid(ax, 2, direction="row", figsize=(10.0, 3.6))
+    for i, (key, y) in enumerate(train.items()):
+        ax_loss.plot(train_x, y, color=f"C{i}", lw=1.2, label=key)
+    for i, (key, y) in enumerate(val.items()):
+        ax_val.plot(val_x, y, "o-", color=f"C{i}", ms=3, lw=1.2, label=key.removeprefix("val_"))
+    best = history.get("best_iteration") if isinstance(history, Mapping) else None
+    if best is not None and val:
+        ax_val.axvline(float(best), color="0.5", ls=":", lw=1, label=f"best (it. {best})")
+    ax_loss.set(xlabel="iteration", ylabel="training loss", title="training loss")
+    ax_val.set(xlabel="iteration", ylabel="validation metric", title="validation")
+    for axis, series in ((ax_loss, train), (ax_val, val)):
+        if series:
+            axis.legend(fontsize="small")
+        else:
+            axis.text(
+                0.5, 0.5, "no data in history", ha="center", va="center", transform=axis.transAxes
+            )
+    return root_figure(ax_loss)
