@@ -1,0 +1,33 @@
+"""Exact, streaming calibration and segmentation metrics.
+
+- ``CalibrationMeter``: top-label / classwise ECE, MCE, RMSCE, ACE, Brier, NLL from bin tables
+  (int64 counts, float64 sums) whose size does not grow with the voxels; ``torch.distributed``-aware.
+- Functional forms: ``expected_calibration_error``, ``classwise_calibration_error``,
+  ``brier_score``, ``negative_log_likelihood``.
+- ``LogitDistanceHistogram``: streaming histogram of logit distances ``d_k = max_j z_j - z_k``
+  with exact counts above given margins.
+- ``dice_per_class``, ``hd95_per_class``: per-volume segmentation scores (MONAI, imported lazily).
+"""
+
+from .calibration import (
+    REGIONS,
+    CalibrationMeter,
+    brier_score,
+    classwise_calibration_error,
+    expected_calibration_error,
+    negative_log_likelihood,
+)
+from .distances import LogitDistanceHistogram
+from .segmentation import dice_per_class, hd95_per_class
+
+__all__ = [
+    "REGIONS",
+    "CalibrationMeter",
+    "LogitDistanceHistogram",
+    "brier_score",
+    "classwise_calibration_error",
+    "dice_per_class",
+    "expected_calibration_error",
+    "hd95_per_class",
+    "negative_log_likelihood",
+]

@@ -1,0 +1,135 @@
+"""Per-volume Dice and HD95 per class, backed by MONAI, with an explicit empty-structure policy.
+
+Inputs are one volume of integer label maps, 2D ``(H, W)`` or 3D ``(D, H, W)``, numpy or torch,
+``pred`` and ``target`` of the same shape with labels in ``[0, num_classes)``. The background
+(class 0) is excluded unless ``include_background=True``: the result has ``K - 1`` (or K) entries.
+
+Empty-structure policy (P = predicted voxels of a class, G = ground-truth voxels):
+
+- both present: Dice ``2|P & G| / (|P| + |G|)``, HD95 from MONAI in mm;
+- P and G both empty: Dice NaN, HD95 NaN (nothing to score: leave it out of means and count
+  such cases apart, e.g. with ``np.isnan``);
+- exactly one empty (a missed or a hallucinated structure): Dice 0, HD95 the diagonal of the
+  volume's box in mm, ``||shape * spacing||`` (``one_empty="diagonal"``: more than any distance
+  two voxels can have, a worst-case penalty), or NaN with ``one_empty="nan"``.
+
+Never a silent Dice 1 / HD 0 for an absent or missed structure.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from ._inputs import as_tensor, check_int
+
+ONE_EMPTY = ("diagonal", "nan")
+
+
+def _label_maps(pred, target, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    k = check_int(num_classes, "num_classes", 2)
+    p, t = as_tensor(pred, "pred"), as_tensor(target, "target")
+    if tuple(p.shape) != tuple(t.shape):
+        raise ValueError(f"pred shape {tuple(p.shape)} != target shape {tuple(t.shape)}")
+    if p.ndim not in (2, 3):
+        raise ValueError(f"pred and target must be one 2D or 3D label map, got {p.ndim} dims")
+    for name, x in (("pred", p), ("target", t)):
+        if x.is_floating_point() or x.is_complex():
+            raise ValueError(f"{name} must hold integer labels, got dtype {x.dtype}")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= k):
+            raise ValueError(
+                f"{name} labels must be in [0, {k}), got [{int(x.min())}, {int(x.max())}]"
+            )
+    return p.long(), t.long().to(p.device)
+
+
+def _one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(1, K, *spatial)`` float one-hot of a label map."""
+    return torch.nn.functional.one_hot(labels, num_classes).movedim(-1, 0)[None].float()
+
+
+def _presence(p, t, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: present in the prediction, present in the target."""
+    k = num_classes
+    in_p = torch.bincount(p.reshape(-1), minlength=k).cpu().numpy() > 0
+    in_t = torch.bincount(t.reshape(-1), minlength=k).cpu().numpy() > 0
+    return in_p, in_t
+
+
+def dice_per_class(pred, target, num_classes: int, include_background: bool = False) -> np.ndarray:
+    """Dice ``2|P_k ∩ G_k| / (|P_k| + |G_k|)`` per class (MONAI ``compute_dice``), float64.
+
+    Both empty: NaN; exactly one empty: 0 (see the module docstring).
+    """
+    from monai.metrics import compute_dice
+
+    p, t = _label_maps(pred, target, num_classes)
+    dice = compute_dice(
+        _one_hot(p, num_classes),
+        _one_hot(t, num_classes),
+        include_background=True,
+        ignore_empty=False,
+    )[0]
+    dice = dice.double().cpu().numpy()
+    in_p, in_t = _presence(p, t, num_classes)
+    dice[~in_p & ~in_t] = np.nan
+    dice[in_p ^ in_t] = 0.0
+    return dice[0 if include_background else 1 :]
+
+
+def _spacing(spacing, ndim: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * ndim
+    values = tuple(float(s) for s in np.asarray(spacing, dtype=np.float64).reshape(-1))
+    if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"spacing must be {ndim} finite values > 0 (mm per axis), got {spacing!r}")
+    return values
+
+
+def volume_diagonal(shape, spacing) -> float:
+    """Diagonal of the volume's box in mm, ``||shape * spacing||``: more than any voxel distance."""
+    return float(np.linalg.norm(np.asarray(shape) * np.asarray(spacing, dtype=np.float64)))
+
+
+def hd95_per_class(
+    pred,
+    target,
+    num_classes: int,
+    spacing=None,
+    include_background: bool = False,
+    one_empty: str = "diagonal",
+) -> np.ndarray:
+    """Symmetric 95th-percentile Hausdorff distance per class in mm, float64.
+
+    ``max(q95(d(dP, dG)), q95(d(dG, dP)))`` over surface voxels (MONAI
+    ``compute_hausdorff_distance(percentile=95, spacing=spacing)``). ``spacing``: mm per axis of
+    the label map (None: 1 mm). Both empty: NaN; exactly one empty: the volume diagonal in mm
+    (``one_empty="diagonal"``) or NaN (``one_empty="nan"``); see the module docstring.
+    """
+    from monai.metrics import compute_hausdorff_distance
+
+    if one_empty not in ONE_EMPTY:
+        raise ValueError(f"one_empty must be one of {ONE_EMPTY}, got {one_empty!r}")
+    p, t = _label_maps(pred, target, num_classes)
+    sp = _spacing(spacing, p.ndim)
+    in_p, in_t = _presence(p, t, num_classes)
+    hd = np.full(num_classes, np.nan)
+    if one_empty == "diagonal":
+        hd[in_p ^ in_t] = volume_diagonal(p.shape, sp)
+    both = np.flatnonzero(in_p & in_t)
+    if both.size:
+        sel = torch.as_tensor(both, device=p.device)
+        with warnings.catch_warnings():  # MONAI's own use of a deprecated argument
+            warnings.simplefilter("ignore", FutureWarning)
+            values = compute_hausdorff_distance(
+                _one_hot(p, num_classes)[:, sel],
+                _one_hot(t, num_classes)[:, sel],
+                include_background=True,
+                percentile=95,
+                spacing=list(sp),
+            )[0]
+        hd[both] = values.double().cpu().numpy()
+    return hd[0 if include_background else 1 :]
