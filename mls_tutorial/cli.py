@@ -1,15 +1,220 @@
-"""The ``mls-tutorial`` command line.
+"""The ``mls-tutorial`` command line (also ``python -m mls_tutorial`` and ``torchrun -m mls_tutorial``).
 
-Subcommands (train, evaluate, sweep, report, demo) are added by the training issue; ``--help``
-and ``--version`` work now.
+Subcommands:
+
+- ``demo``: the README's main command. Trains CE and MbLS (m=5) on the bundled MNI brain data
+  (a few minutes on a 2-core CPU; ``--fast`` for a one-minute smoke run), prints the results
+  table and writes reliability diagrams and logit-distance histograms to the run folders.
+- ``train``: one run (a loss, its parameters, a seed) into a cached run folder.
+- ``evaluate``: re-evaluate run folders (test or validation split, optional temperature scaling).
+- ``sweep``: several losses x margins x seeds in one call -> one table (Markdown, CSV, JSON).
+- ``report``: figures and a Markdown table from existing run folders.
+
+Runs are keyed by their config: a finished run is reused (the output says ``[cached]``).
+Under ``torchrun --nproc_per_node N`` training uses DDP and only rank 0 writes or prints.
+Importing this module stays light (no torch/MONAI until a subcommand runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from mls_tutorial import __version__
+
+LOSSES = ("ce", "ce_dice", "focal", "ls", "ecp", "svls", "mbls", "nacl")
+PRESETS = ("tiny", "small", "paper")
+SELECT_METRICS = (
+    "last",
+    "val_fg_dice",
+    "val_fg_ece",
+    "val_fg_cece",
+    "val_fg_nll",
+    "val_fg_brier",
+    "val_ece_all",
+)
+#: the demo: the over-confident regime of the bundled data (see docs/results.md)
+DEMO_DEFAULTS = dict(iterations=1000, batch_size=16, val_every=100, preset="tiny", lr=1e-3)
+#: --fast: a CI smoke run (about a minute on 2 CPU cores)
+FAST_DEFAULTS = dict(iterations=60, batch_size=8, val_every=30, preset="tiny", lr=1e-3)
+FAST_DATA = {"n_train_subjects": 1, "n_val_subjects": 1, "n_test_subjects": 1}
+
+
+class CLIError(ValueError):
+    """A bad option value found after parsing (reported as ``mls-tutorial: error: ...``)."""
+
+
+# ------------------------------------------------------------------------------ arg types
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _float_at_least(lo: float, strict: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if (
+            value != value
+            or value in (float("inf"), float("-inf"))
+            or value < lo
+            or (strict and value == lo)
+        ):
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {'>' if strict else '>='} {lo:g}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+_positive_float = _float_at_least(0.0, strict=True)
+_nonneg_float = _float_at_least(0.0, strict=False)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``; VALUE is parsed as JSON when it can be (numbers, lists, true/null)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a Python-name KEY, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+# ------------------------------------------------------------------------------ the parser
+
+
+def _add_training_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """Training options; their defaults are filled in by ``_resolve`` (so --fast can change the
+    unset ones while explicit values win)."""
+    g = p.add_argument_group("training")
+    g.add_argument(
+        "--data", default="mni", help="dataset: mni (bundled, default), synthetic, acdc, decathlon"
+    )
+    g.add_argument(
+        "--data-param",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset parameter (repeatable), e.g. labels=hard, n_train_subjects=8, root=~/ACDC",
+    )
+    g.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help=f"U-Net size (default: {defaults['preset']})",
+    )
+    g.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=None,
+        help=f"training iterations (default: {defaults['iterations']})",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help=f"images per iteration, per process under torchrun (default: {defaults['batch_size']})",
+    )
+    g.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help=f"Adam learning rate (default: {defaults['lr']:g})",
+    )
+    g.add_argument(
+        "--lr-step",
+        type=_positive_int,
+        default=None,
+        help="StepLR period in iterations (lr x0.1 each period; default: constant lr)",
+    )
+    g.add_argument(
+        "--val-every",
+        type=_nonneg_int,
+        default=None,
+        help=f"validate every N iterations, 0 = never (default: {defaults['val_every']})",
+    )
+    g.add_argument(
+        "--select-metric",
+        choices=SELECT_METRICS,
+        default="last",
+        help="which weights are kept: 'last' (default: the end of training, where CE is "
+        "over-confident) or the best of a validation metric (val_fg_dice: the paper's protocol)",
+    )
+    g.add_argument(
+        "--no-amp", action="store_true", help="disable mixed precision (used on CUDA only)"
+    )
+    _add_runtime_options(p)
+
+
+def _resolve(args, defaults: dict[str, Any]) -> None:
+    """Fill training options left unset with ``defaults``."""
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def _add_runtime_options(p: argparse.ArgumentParser, out_default: str = "runs") -> None:
+    g = p.add_argument_group("runtime")
+    g.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps (default: %(default)s)",
+    )
+    g.add_argument(
+        "--out", default=out_default, help="root folder of the run folders (default: %(default)s)"
+    )
+    g.add_argument("--force", action="store_true", help="retrain even if a cached run exists")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_loss_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("loss")
+    g.add_argument(
+        "--alpha",
+        type=_nonneg_float,
+        default=None,
+        help="weight of the penalty for mbls/ls/nacl (each loss's default when omitted)",
+    )
+    g.add_argument(
+        "--loss-param",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other loss parameter (repeatable), e.g. gamma=2 (focal), beta=0.2 (ecp)",
+    )
+    g.add_argument(
+        "--temperature-scaling",
+        action="store_true",
+        help="also fit a temperature on the validation set (post-hoc, for ce)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,10 +222,395 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mls-tutorial",
         description="Margin-based label smoothing (MbLS) for calibrated segmentation: "
         "train, evaluate and compare calibration losses on bundled brain MRI data.",
+        epilog="Start with: mls-tutorial demo   (or mls-tutorial demo --fast for a 1-minute run)",
     )
     parser.add_argument("--version", action="version", version=f"mls-tutorial {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser(
+        "demo",
+        help="train CE and MbLS on the bundled data and compare them",
+        description="Train CE and MbLS (and any --losses) on the bundled MNI brain "
+        "data, print DSC/HD95/ECE/CECE/gap, write reliability diagrams and "
+        "logit-distance histograms. A few minutes on a 2-core CPU (under 10); --fast: under a minute.",
+    )
+    p.add_argument(
+        "--losses",
+        nargs="+",
+        choices=LOSSES,
+        default=["ce", "mbls"],
+        help="losses to compare (default: ce mbls)",
+    )
+    p.add_argument("--margin", type=_nonneg_float, default=5.0, help="MbLS margin m (default: 5)")
+    p.add_argument("--seed", type=_nonneg_int, default=1, help="random seed (default: 1)")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help=f"CI smoke run: {FAST_DEFAULTS['iterations']} iterations on 1 subject per split",
+    )
+    _add_loss_options(p)
+    _add_training_options(p, DEMO_DEFAULTS)
+    p.set_defaults(out="runs/demo")
+
+    p = sub.add_parser("train", help="train one run (cached by config)", formatter_class=fmt)
+    p.add_argument("--loss", choices=LOSSES, default="mbls", help="training loss")
+    p.add_argument(
+        "--margin",
+        type=_nonneg_float,
+        default=None,
+        help="MbLS margin m (mbls only; default 10 as in the paper)",
+    )
+    p.add_argument("--seed", type=_nonneg_int, default=1, help="random seed")
+    _add_loss_options(p)
+    _add_training_options(p, DEMO_DEFAULTS)
+
+    p = sub.add_parser("evaluate", help="re-evaluate run folders", formatter_class=fmt)
+    p.add_argument("runs", nargs="+", help="run folders (holding config.json and checkpoint.pt)")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="volumes to evaluate")
+    p.add_argument(
+        "--temperature-scaling",
+        action="store_true",
+        help="fit T on the validation volumes and evaluate with it",
+    )
+    p.add_argument("--output", default=None, help="write the results (a JSON list) to this file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+
+    p = sub.add_parser(
+        "sweep", help="losses x margins x seeds -> one results table", formatter_class=fmt
+    )
+    p.add_argument(
+        "--losses", nargs="+", choices=LOSSES, default=["ce", "mbls"], help="losses to train"
+    )
+    p.add_argument(
+        "--margins",
+        nargs="+",
+        type=_nonneg_float,
+        default=[5.0],
+        help="MbLS margins (one mbls run per margin)",
+    )
+    p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=[1], help="random seeds")
+    p.add_argument(
+        "--name", default="results", help="file stem of the table (<out>/<name>.md/.csv/.json)"
+    )
+    _add_loss_options(p)
+    _add_training_options(p, DEMO_DEFAULTS)
+
+    p = sub.add_parser(
+        "report", help="figures and a Markdown table from run folders", formatter_class=fmt
+    )
+    p.add_argument("root", help="folder searched (recursively) for finished runs")
+    p.add_argument(
+        "--out", default=None, help="where the table and comparison figures go (default: ROOT)"
+    )
+    p.add_argument("--name", default="report", help="file stem of the table")
     return parser
+
+
+# ------------------------------------------------------------------------------ configs
+
+
+def _loss_kwargs(args, loss: str, margin: float | None) -> dict[str, Any]:
+    kwargs = dict(args.loss_param)
+    if margin is not None:
+        if loss != "mbls":
+            raise CLIError(f"--margin applies to --loss mbls only, not {loss!r}")
+        kwargs["margin"] = float(margin)
+    if args.alpha is not None and loss in ("mbls", "ls", "nacl"):
+        kwargs["alpha"] = float(args.alpha)
+    return kwargs
+
+
+def _config(args, loss: str, seed: int, margin: float | None = None, ts: bool = False) -> dict:
+    data_params = dict(args.data_param)
+    if getattr(args, "fast", False):
+        data_params = {**FAST_DATA, **data_params}
+    return {
+        "data": args.data,
+        "data_params": data_params,
+        "loss": loss,
+        "loss_kwargs": _loss_kwargs(args, loss, margin),
+        "preset": args.preset,
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "lr_step": args.lr_step,
+        "seed": seed,
+        "val_every": args.val_every,
+        "select_metric": args.select_metric,
+        "amp": not args.no_amp,
+        "temperature_scaling": ts,
+    }
+
+
+def _grid(args, losses, margins, seeds) -> list[dict]:
+    configs = []
+    for seed in seeds:
+        for loss in losses:
+            if loss == "mbls":
+                configs += [_config(args, loss, seed, m) for m in margins]
+            else:
+                configs.append(_config(args, loss, seed))
+        if args.temperature_scaling:
+            configs.append(_config(args, "ce", seed, ts=True))
+    return configs
+
+
+def _device(args):
+    """``--device`` checked before anything is written (None for auto)."""
+    from mls_tutorial.device import pick_device
+
+    if args.device == "auto":
+        return None
+    try:
+        pick_device(args.device)
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(f"--device {args.device!r} is not usable here: {exc}") from None
+    return args.device
+
+
+def _train_all(args, configs: list[dict]):
+    from mls_tutorial.runs import load_or_train, normalize_config
+
+    device = _device(args)
+    for cfg in configs:  # every config checked before the first run starts
+        normalize_config(cfg)
+    return [
+        load_or_train(cfg, args.out, device=device, progress=not args.no_progress, force=args.force)
+        for cfg in configs
+    ]
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def _leave_process_group(runs) -> bool:
+    """End DDP (if any) once every rank has its runs; True on the rank that reports (rank 0).
+
+    Tables and figures are made afterwards by rank 0 alone: drawing a meter rebuilds it, and a
+    rebuilt meter would otherwise all-reduce with ranks that are no longer listening. Per-run
+    figures skipped during DDP training are drawn here too.
+    """
+    from mls_tutorial.runs import FIGURES, save_figures
+    from mls_tutorial.train import distributed as dist_utils
+
+    was_distributed, main_rank = dist_utils.is_distributed(), dist_utils.is_main()
+    dist_utils.barrier()
+    dist_utils.shutdown()
+    if main_rank and was_distributed:
+        for run in runs:
+            if not all((run.path / f).is_file() for f in FIGURES):
+                save_figures(run)
+    return main_rank
+
+
+def _echo(text: str) -> None:
+    from mls_tutorial.train import distributed as dist_utils
+
+    if dist_utils.is_main():
+        print(text, flush=True)
+
+
+def cmd_train(args) -> int:
+    from mls_tutorial.runs import format_markdown, results_table
+
+    _resolve(args, DEMO_DEFAULTS)
+    cfg = _config(args, args.loss, args.seed, args.margin, ts=args.temperature_scaling)
+    runs = _train_all(args, [cfg])
+    if not _leave_process_group(runs):
+        return 0
+    print(f"run folder: {runs[0].path}")
+    print(format_markdown(results_table(runs)))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from mls_tutorial.runs import format_markdown, results_table, write_results
+
+    _resolve(args, DEMO_DEFAULTS)
+    runs = _train_all(args, _grid(args, args.losses, args.margins, args.seeds))
+    if not _leave_process_group(runs):
+        return 0
+    rows = results_table(runs)
+    paths = write_results(rows, args.out, args.name)
+    figs = _comparison_figures(runs, Path(args.out))
+    print(format_markdown(rows))
+    print("figures: " + ", ".join(str(p) for p in figs))
+    print("table: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from mls_tutorial.runs import format_markdown, results_table, write_results
+
+    _resolve(args, FAST_DEFAULTS if args.fast else DEMO_DEFAULTS)
+    runs = _train_all(args, _grid(args, args.losses, [args.margin], [args.seed]))
+    if not _leave_process_group(runs):
+        return 0
+    rows = results_table(runs)
+    out = Path(args.out)
+    paths = write_results(rows, out, "results")
+    figs = _comparison_figures(runs, out)
+    print("")
+    print(runs[0].metrics["data"]["description"])
+    print(format_markdown(rows))
+    print(_demo_summary(rows))
+    print("figures: " + ", ".join(str(p) for p in figs))
+    print("per-run folders: " + ", ".join(str(r.path) for r in runs))
+    print("table: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _demo_summary(rows: list[dict]) -> str:
+    ce = next((r for r in rows if r["loss"] == "ce" and not r["temperature_scaling"]), None)
+    lines = []
+    for r in rows:
+        if ce is None or r is ce or r["ece"] is None or ce["ece"] is None or ce["ece"] == 0:
+            continue
+        change = (r["ece"] - ce["ece"]) / ce["ece"]
+        lines.append(
+            f"{r['method']}: foreground ECE {ce['ece']:.3f} -> {r['ece']:.3f} ({change:+.0%} vs CE), "
+            f"DSC {ce['dice']:.3f} -> {r['dice']:.3f}"
+        )
+    if ce is not None and ce["gap"] is not None:
+        state = "over-confident" if ce["gap"] > 0 else "under-confident"
+        lines.insert(
+            0, f"CE is {state}: mean confidence - accuracy on foreground = {ce['gap']:+.3f}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from mls_tutorial.runs import TABLE_COLUMNS, get_data
+    from mls_tutorial.train import evaluate, fit_temperature, write_json
+
+    device = _device(args)
+    results = []
+    for folder in args.runs:
+        run = _load_for_eval(folder)
+        data = get_data(run.config)
+        model = run.load_model(device)
+        t = fit_temperature(model, data.val, device=device) if args.temperature_scaling else None
+        volumes = data.test if args.split == "test" else data.val
+        res = evaluate(
+            model,
+            volumes,
+            data.num_classes,
+            device=device,
+            temperature=t,
+            amp=run.config["amp"],
+            class_names=data.class_names,
+        )
+        res["run"], res["split"] = str(run.path), args.split
+        results.append(res)
+        cells = " ".join(
+            f"{k}={res[k]:.4f}" for k in TABLE_COLUMNS if isinstance(res.get(k), float)
+        )
+        _echo(f"{run.path} [{args.split}] {cells}")
+    if args.output:
+        write_json(results, args.output)
+        _echo(f"results: {args.output}")
+    return 0
+
+
+def _load_for_eval(folder: str):
+    """A run folder, finished or not (an unfinished one is evaluated from its checkpoint)."""
+    from mls_tutorial.runs import CONFIG_FILE, METRICS_FILE, Run, load_run
+    from mls_tutorial.train import CHECKPOINT_NAME, read_json
+
+    path = Path(folder)
+    for name in (CONFIG_FILE, CHECKPOINT_NAME):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} not found: is {folder} a run folder?")
+    if (path / METRICS_FILE).is_file():
+        return load_run(path)
+    return Run(path=path, config=read_json(path / CONFIG_FILE), history={}, metrics={})
+
+
+def cmd_report(args) -> int:
+    from mls_tutorial.runs import (
+        find_runs,
+        format_markdown,
+        results_table,
+        save_figures,
+        write_results,
+    )
+
+    runs = find_runs(args.root)
+    if not runs:
+        raise CLIError(f"no finished runs (folders with metrics.json) under {args.root}")
+    out = Path(args.out or args.root)
+    for run in runs:
+        missing = [
+            f for f in ("reliability.png", "logit_distances.png") if not (run.path / f).is_file()
+        ]
+        if missing:
+            save_figures(run)
+    rows = results_table(runs)
+    paths = write_results(rows, out, args.name)
+    figs = _comparison_figures(runs, out)
+    print(format_markdown(rows))
+    print("figures: " + ", ".join(str(p) for p in figs))
+    print("table: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _comparison_figures(runs, out: Path) -> list[Path]:
+    """Side-by-side reliability diagrams, overlaid logit distances and (if several margins) the
+    margin sweep, for the first seed of each method."""
+    try:
+        from matplotlib.figure import Figure
+
+        from mls_tutorial import plots
+    except ImportError as exc:
+        print(f"figures skipped ({exc})", file=sys.stderr)
+        return []
+    firsts: dict[str, Any] = {}
+    for run in runs:
+        firsts.setdefault(run.label, run)
+    shown = list(firsts.values())
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    fig = Figure(figsize=(4.2 * len(shown), 4.8), layout="constrained")
+    for ax, run in zip(fig.subplots(1, len(shown), squeeze=False)[0], shown, strict=True):
+        plots.reliability_diagram(run.metrics["meter"], ax=ax, title=f"{run.label} (fg)")
+    written.append(out / "reliability_comparison.png")
+    fig.savefig(written[-1], dpi=110)
+
+    margins = [r.margin for r in shown if r.margin is not None]
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    plots.logit_distance_histogram(
+        {r.label: r.metrics["histogram"] for r in shown},
+        margin=margins[0] if len(set(margins)) == 1 else None,
+        ax=fig.add_subplot(),
+    )
+    written.append(out / "logit_distances.png")
+    fig.savefig(written[-1], dpi=110)
+
+    from mls_tutorial.runs import results_table
+
+    rows = results_table(runs)
+    sweep = [r for r in rows if r["loss"] == "mbls" and not r["temperature_scaling"]]
+    if len({r["margin"] for r in sweep}) > 1:
+        refs = {
+            r["method"]: r
+            for r in rows
+            if r["loss"] in ("ce", "ls") and not r["temperature_scaling"]
+        }
+        fig = Figure(figsize=(6, 6), layout="constrained")
+        plots.margin_sweep(sweep, references=refs, ax=fig.add_subplot())
+        written.append(out / "margin_sweep.png")
+        fig.savefig(written[-1], dpi=110)
+    return written
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "sweep": cmd_sweep,
+    "report": cmd_report,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,4 +619,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0
+    import warnings
+
+    from mls_tutorial.train import distributed as dist_utils
+
+    # MONAI 1.6 deprecation notices from inside its HD95 code are noise for a CLI user
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
+    try:
+        dist_utils.init_from_env(getattr(args, "device", None))
+        return COMMANDS[args.command](args)
+    except (CLIError, ValueError, FileNotFoundError, FloatingPointError) as exc:
+        print(f"mls-tutorial {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "interrupted: finished runs and the last checkpoint are kept; rerun to resume",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        dist_utils.shutdown()

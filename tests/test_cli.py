@@ -1,0 +1,194 @@
+"""The mls-tutorial command line: help, errors, train/sweep/evaluate/report, demo --fast (slow)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mls_tutorial import __version__
+from mls_tutorial.cli import build_parser, main
+
+SMALL = [
+    "--data",
+    "synthetic",
+    "--data-param",
+    "n_train=8",
+    "--data-param",
+    "size=32",
+    "--data-param",
+    "slices=2",
+    "--data-param",
+    "n_val=1",
+    "--data-param",
+    "n_test=1",
+    "--iterations",
+    "3",
+    "--batch-size",
+    "4",
+    "--val-every",
+    "3",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    code = main(
+        [
+            "sweep",
+            "--losses",
+            "ce",
+            "mbls",
+            "--margins",
+            "1",
+            "2",
+            "--seeds",
+            "1",
+            "--temperature-scaling",
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def _subparsers(parser):
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_option_of_every_command_has_help():
+    parser = build_parser()
+    commands = _subparsers(parser)
+    assert set(commands) == {"demo", "train", "evaluate", "sweep", "report"}
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+
+
+def test_version_help_and_no_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0 and "--fast" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--iterations", "0"], "positive integer"),
+        (["train", "--lr", "-1"], "finite number > 0"),
+        (["train", "--margin", "nan"], "finite number"),
+        (["train", "--loss", "hinge"], "invalid choice"),
+        (["train", "--data-param", "labels"], "KEY=VALUE"),
+        (["sweep", "--seeds", "x"], "integer"),
+    ],
+)
+def test_bad_option_values_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--loss", "ce", "--margin", "3", *SMALL], "--margin applies to --loss mbls"),
+        (["train", "--data", "nope", "--device", "cpu"], "nope"),
+        (["train", *SMALL, "--data-param", "sizee=3"], "sizee"),
+        (["train", *SMALL[:-3], "--device", "tpu", "--out", "/nonexistent/x"], "--device 'tpu'"),
+        (["evaluate", "/nonexistent/run"], "not found"),
+        (["report", "/nonexistent/root"], "not found"),
+    ],
+)
+def test_bad_values_found_later_exit_1_with_a_clear_message(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "error" in err and message in err
+
+
+def test_sweep_writes_one_table_and_figures(swept):
+    rows = json.loads((swept / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["CE", "MbLS m=1", "MbLS m=2", "CE + TS"]
+    assert rows[-1]["temperature"] > 0
+    md = (swept / "results.md").read_text()
+    assert md.count("\n") == 6 and "| CE + TS |" in md
+    assert (swept / "results.csv").read_text().startswith("method,loss,margin")
+    for fig in ("reliability_comparison.png", "logit_distances.png", "margin_sweep.png"):
+        assert (swept / fig).stat().st_size > 1000, fig
+
+
+def test_train_reuses_a_cached_run_and_says_so(swept, capsys):
+    argv = ["train", "--loss", "mbls", "--margin", "2", "--out", str(swept), *SMALL]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "[cached]" in out and "MbLS m=2" in out
+    (run,) = [p for p in swept.iterdir() if p.name.startswith("mbls-m2-")]
+    assert f"run folder: {run}" in out
+
+
+def test_evaluate_reproduces_the_stored_metrics(swept, tmp_path, capsys):
+    (run,) = [p for p in swept.iterdir() if p.name.startswith("ce-mna-")]
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--output", str(out), "--device", "cpu"]) == 0
+    (res,) = json.loads(out.read_text())
+    stored = json.loads((run / "metrics.json").read_text())
+    for key in ("dice", "ece", "cece", "gap"):
+        assert res[key] == pytest.approx(stored[key], abs=1e-9), key
+    assert (
+        main(["evaluate", str(run), "--split", "val", "--temperature-scaling", "--device", "cpu"])
+        == 0
+    )
+    assert "[val]" in capsys.readouterr().out
+
+
+def test_report_rebuilds_table_and_figures(swept, tmp_path, capsys):
+    assert main(["report", str(swept), "--out", str(tmp_path)]) == 0
+    assert "| MbLS m=1 |" in capsys.readouterr().out
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "margin_sweep.png").is_file()
+
+
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run(
+        [sys.executable, "-m", "mls_tutorial", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_fast_on_the_bundled_data(tmp_path, capsys):
+    assert main(["demo", "--fast", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "| CE |" in out and "| MbLS m=5 |" in out
+    for fig in ("reliability_comparison.png", "logit_distances.png"):
+        assert (tmp_path / fig).is_file()
+    runs = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(runs) == 2
+    for run in runs:
+        for name in (
+            "config.json",
+            "history.json",
+            "metrics.json",
+            "checkpoint.pt",
+            "reliability.png",
+            "logit_distances.png",
+        ):
+            assert (run / name).is_file(), (run, name)
+    assert main(["demo", "--fast", "--out", str(tmp_path), "--no-progress", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.count("[cached]") == 2
