@@ -14,7 +14,7 @@ Names for :func:`build_loss`: ``ce``, ``ce_dice``, ``focal``, ``ls``, ``ecp``, `
 Every loss also takes ``validate=True``: the value checks (finite logits, labels in range) cost
 one fused reduction and one device sync per call; pass False in hot loops once the data are
 trusted. On CUDA with Triton, ``MarginLoss`` runs as one fused kernel (``fused=False`` opts out).
-Speed against plain CE: ``docs/bench_losses.md``.
+Speed against plain CE: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
