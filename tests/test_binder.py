@@ -1,0 +1,142 @@
+"""The Binder (repo2docker) recipe cannot rot: it installs this package on CPU torch and every
+module the notebooks import is reachable from what it installs.
+
+CI also installs ``binder/requirements.txt`` into a fresh environment (index line dropped, torch
+pinned) and imports the package; these tests check the recipe's shape without a network.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+BINDER = ROOT / "binder"
+CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+# repo2docker reads these; any of them would take precedence over or add to requirements.txt.
+OTHER_CONFIGS = {
+    "environment.yml",
+    "Pipfile",
+    "Pipfile.lock",
+    "setup.py",
+    "Project.toml",
+    "REQUIRE",
+    "install.R",
+    "apt.txt",
+    "DESCRIPTION",
+    "Dockerfile",
+    "default.nix",
+}
+
+
+def _requirement_lines() -> list[str]:
+    text = (BINDER / "requirements.txt").read_text()
+    lines = [line.split(" #")[0].strip() for line in text.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _requirements() -> list[Requirement]:
+    return [Requirement(x) for x in _requirement_lines() if not x.startswith(("-", "."))]
+
+
+def test_requirements_install_the_package_on_the_cpu_torch_index():
+    lines = _requirement_lines()
+    assert CPU_INDEX in lines, "binder/requirements.txt must use the CPU torch wheel index"
+    assert "." in lines or "-e ." in lines, "binder/requirements.txt must install the package (.)"
+    # every other line parses as a requirement (pip would fail on the whole file otherwise)
+    others = [x for x in lines if x not in (CPU_INDEX, ".", "-e .")]
+    assert len(_requirements()) == len(others), f"unparsable lines in {others}"
+
+
+def test_torch_is_pinned_or_bounded_and_admits_the_tested_version():
+    (torch_req,) = [r for r in _requirements() if canonicalize_name(r.name) == "torch"]
+    spec: SpecifierSet = torch_req.specifier
+    ops = {s.operator for s in spec}
+    assert "==" in ops or ("<" in ops or "<=" in ops), f"torch must be pinned or bounded: {spec}"
+    tested = metadata.version("torch").split("+")[0]
+    assert spec.contains(tested), f"torch {tested} (what the tests run on) is outside {spec}"
+    # and the package's own lower bound is respected
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (pkg_torch,) = [Requirement(d) for d in project["dependencies"] if d.startswith("torch")]
+    for low in [s.version for s in pkg_torch.specifier if s.operator in (">=", ">")]:
+        assert not SpecifierSet(f"<{low}").contains(tested)
+
+
+def test_runtime_is_a_valid_python_spec():
+    text = (BINDER / "runtime.txt").read_text().strip()
+    match = re.fullmatch(r"python-(3)\.(\d+)", text)
+    assert match, f"runtime.txt must read python-3.X, not {text!r}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert SpecifierSet(project["requires-python"]).contains(f"3.{match.group(2)}")
+
+
+def test_no_competing_repo2docker_config():
+    present = {p.name for p in BINDER.iterdir()} & OTHER_CONFIGS
+    assert not present, f"binder/ holds {present}: repo2docker would not use requirements.txt alone"
+
+
+def _closure(names: set[str]) -> set[str]:
+    """Installed distributions reachable from ``names`` through their (unconditional) requires."""
+    seen, todo = set(), [canonicalize_name(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            reqs = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for raw in reqs:
+            req = Requirement(raw)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    return seen
+
+
+def _notebook_imports() -> set[str]:
+    mods = set()
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            src = "".join(cell["source"])
+            src = "\n".join(x for x in src.splitlines() if not x.lstrip().startswith(("%", "!")))
+            for node in ast.walk(ast.parse(src)):
+                if isinstance(node, ast.Import):
+                    mods |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    mods.add(node.module.split(".")[0])
+    return mods
+
+
+def test_every_notebook_import_is_installed_by_the_recipe():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = {Requirement(d).name for d in project["dependencies"]}
+    direct |= {r.name for r in _requirements()}
+    # repo2docker's own environment provides the notebook server and kernel
+    direct |= {"ipykernel", "jupyterlab"}
+    reachable = _closure(direct)
+    providers = metadata.packages_distributions()
+    missing = []
+    for mod in sorted(_notebook_imports() - {"mls_tutorial"}):
+        if mod in sys.stdlib_module_names:
+            continue
+        dists = {canonicalize_name(d) for d in providers.get(mod, [])}
+        if not dists & reachable:
+            missing.append(f"{mod} (from {sorted(dists) or 'nothing installed'})")
+    assert not missing, f"notebooks import modules Binder would not install: {missing}"

@@ -1,0 +1,237 @@
+"""The notebooks are tests: hygiene, their parameter contract, and a papermill run of each.
+
+Every notebook runs on FAST parameters (``conftest.NOTEBOOK_FAST_PARAMETERS``) and must write a
+``metrics.json`` with finite numbers and the figures it lists. Executed notebooks and their outputs
+are kept in ``test-artifacts/notebooks/`` so that a failing CI run can be read. The calibration
+claim (CE over-confident, MbLS better calibrated) needs the default, longer training: it is checked
+by the ``slow`` test at the bottom.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+STEMS = [p.stem for p in NOTEBOOKS]
+KERNEL = "python3"
+EXPECTED = {
+    "01_constrained_optimization_view",
+    "02_training_with_margin",
+    "03_calibration_evaluation",
+    "04_your_own_data",
+}
+# every notebook's parameters include these, plus at least one size/length knob
+COMMON_PARAMETERS = {"device", "output_dir", "seed"}
+SIZE_KNOBS = {"iterations", "toy_steps", "batch_size", "train_subjects", "n_patients"}
+# loose floors: fast runs are tiny, these only catch a broken pipeline (chance level is ~0)
+DICE_FLOOR = {
+    "01_constrained_optimization_view": 0.15,
+    "02_training_with_margin": 0.15,
+    "03_calibration_evaluation": 0.15,
+    "04_your_own_data": 0.05,
+}
+
+
+def _parameters_cells(nb) -> list:
+    return [
+        c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])
+    ]
+
+
+def test_expected_notebooks_exist():
+    assert EXPECTED <= set(STEMS), f"missing notebooks: {sorted(EXPECTED - set(STEMS))}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_hygiene(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.get("kernelspec", {}).get("name") == KERNEL, "kernelspec python3 missing"
+    assert "widgets" not in nb.metadata, "saved widget state: strip the notebook"
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"cell {i} has outputs: strip the notebook"
+            assert cell.execution_count is None, f"cell {i} has an execution count"
+            assert "input(" not in cell.source and "interact_manual" not in cell.source
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    cells = _parameters_cells(nb)
+    assert len(cells) == 1, f"{len(cells)} cells tagged `parameters`, want exactly one"
+    for node in ast.parse(cells[0].source).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, ast.dump(node)
+        assert isinstance(node.targets[0], ast.Name), "parameters must be plain names"
+        ast.literal_eval(node.value)  # a literal: papermill overrides it, nothing derived
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_parameter_contract(path: Path, notebook_fast_parameters, caplog):
+    import papermill
+
+    with caplog.at_level("WARNING", logger="papermill"):
+        params = papermill.inspect_notebook(str(path))
+    assert not caplog.records, [r.getMessage() for r in caplog.records]  # every line parsed
+    names = set(params)
+    assert COMMON_PARAMETERS <= names, f"missing {COMMON_PARAMETERS - names}"
+    assert names & SIZE_KNOBS, "no size or length knob among the parameters"
+    assert params["device"]["default"].strip("'\"") == "auto"
+    # the fast parameters only name parameters that exist (papermill just warns otherwise)
+    unknown = set(notebook_fast_parameters[path.stem]) - names
+    assert not unknown, f"fast parameters not in the notebook: {unknown}"
+    print(path.stem, {k: v["default"] for k, v in params.items()})
+
+
+@pytest.fixture(scope="session")
+def kernel_ready():
+    """The python3 kernel must run this interpreter (``python -m ipykernel install --sys-prefix``)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        pytest.fail("no python3 kernelspec: run `python -m ipykernel install --sys-prefix`")
+    exe = spec.argv[0]
+    if exe in ("python", "python3", "{python}"):
+        return KERNEL  # resolved on PATH at launch; the tests run inside the venv
+    if Path(exe).absolute().parent != Path(sys.executable).absolute().parent:
+        pytest.fail(f"python3 kernel runs {exe}, not {sys.executable}: reinstall the kernelspec")
+    return KERNEL
+
+
+@pytest.fixture(scope="session")
+def shared_runs_dir(tmp_path_factory) -> Path:
+    """One runs cache for the session: later notebooks load the CE run the first one trained."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def execute(stem: str, parameters: dict, kernel: str, tag: str = "fast") -> tuple[Path, dict]:
+    """Run one notebook with papermill; return its output_dir and its metrics.json."""
+    import papermill
+
+    out_root = ROOT / "test-artifacts" / "notebooks"
+    output_dir = out_root / f"{stem}-{tag}"
+    shutil.rmtree(output_dir, ignore_errors=True)
+    output_dir.mkdir(parents=True)
+    parameters = {**parameters, "output_dir": str(output_dir)}
+    papermill.execute_notebook(
+        str(NOTEBOOK_DIR / f"{stem}.ipynb"),
+        str(out_root / f"{stem}-{tag}.ipynb"),
+        parameters=parameters,
+        kernel_name=kernel,
+        cwd=str(NOTEBOOK_DIR),
+        execution_timeout=1800,
+        log_output=False,
+        progress_bar=False,
+    )
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    return output_dir, metrics
+
+
+def _numbers(obj, path=""):
+    """Yield (path, value) for every number in a JSON tree."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, int | float):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{path}[{i}]")
+
+
+def check_common(output_dir: Path, metrics: dict, stem: str):
+    bad = [p for p, v in _numbers(metrics) if not math.isfinite(v)]
+    assert not bad, f"non-finite numbers in metrics.json: {bad[:10]}"
+    figures = metrics["figures"]
+    assert len(figures) >= 2, figures
+    for name in figures:
+        png = output_dir / name
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", f"figure {name} missing"
+    assert metrics["dice"] > DICE_FLOOR[stem], metrics["dice"]
+    assert 0.0 <= metrics["dice"] <= 1.0
+
+
+def check_01(m: dict):
+    # the library's LS loss equals the penalty form to float precision
+    assert m["ls_identity_max_abs_error"] < 1e-4
+    assert m["ecp_entropy_identity_max_abs_error"] < 1e-4
+    assert m["focal_bound_violation"] <= 1e-6
+    # the toy: alone, the equality penalty drives d to 0 and the margin stops it at m
+    toy = m["toy"]
+    assert toy["penalty_only"]["linear"] < 0.05 * toy["start_distance"]
+    margin = toy["margin"]
+    assert abs(toy["penalty_only"]["margin"] - margin) < 0.05 * margin
+    # with CE, the equality penalty settles far below the margin, CE alone keeps growing
+    assert toy["with_ce"]["ce+linear"] < toy["with_ce"]["ce+margin"] < toy["with_ce"]["ce"]
+    # the final cell moved the sliders in code and the callback ran
+    assert toy["slider"]["margin"] == toy["slider_set"]["margin"]
+    assert abs(toy["slider"]["penalty_only_margin"] - toy["slider"]["margin"]) < 0.05 * max(
+        1.0, toy["slider"]["margin"]
+    )
+
+
+def check_02(m: dict):
+    assert {"ce", "mbls"} <= {r["loss"] for r in m["runs"]}
+    assert m["widget"]["updates"] >= 1 and m["widget"]["errors"] == 0
+
+
+def check_03(m: dict):
+    losses = {r["name"] for r in m["table"]}
+    assert {"ce", "mbls"} <= {r["loss"] for r in m["table"]}, losses
+    for row in m["table"]:
+        for key in ("dice", "ece", "cece", "ece_all", "gap"):
+            assert row[key] is not None and math.isfinite(row[key]), (row["name"], key)
+    assert m["temperature"] > 0
+    assert len(m["sweep"]) >= 2
+    # the count-weighted mean of per-volume ECE is never below the pooled ECE
+    assert m["ece_weighted_mean_over_volumes"] >= m["ece_pooled"] - 1e-9
+
+
+def check_04(m: dict):
+    for key in ("acdc", "decathlon"):
+        assert m[key]["n_volumes"] >= 1
+        assert math.isfinite(m[key]["hd95"])
+    assert m["spacing_checked"]
+
+
+CHECKS = {
+    "01_constrained_optimization_view": check_01,
+    "02_training_with_margin": check_02,
+    "03_calibration_evaluation": check_03,
+    "04_your_own_data": check_04,
+}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_notebook_runs_fast(path: Path, notebook_fast_parameters, kernel_ready, shared_runs_dir):
+    params = {**notebook_fast_parameters[path.stem], "runs_dir": str(shared_runs_dir)}
+    if path.stem == "04_your_own_data":
+        params.pop("runs_dir")
+    output_dir, metrics = execute(path.stem, params, kernel_ready)
+    check_common(output_dir, metrics, path.stem)
+    CHECKS[path.stem](metrics)
+
+
+@pytest.mark.slow
+def test_calibration_claim_with_default_parameters(kernel_ready, tmp_path):
+    """Notebook 03 with its defaults lands in the paper's regime: CE over-confident on the
+    foreground (positive confidence-minus-accuracy gap) and MbLS's foreground ECE lower."""
+    stem = "03_calibration_evaluation"
+    output_dir, m = execute(stem, {"runs_dir": str(tmp_path / "runs")}, kernel_ready, "default")
+    check_common(output_dir, m, stem)
+    check_03(m)
+    rows = {r["name"]: r for r in m["table"]}
+    ce = rows["CE"]
+    mbls = [r for r in m["table"] if r["loss"] == "mbls" and not r.get("temperature")]
+    assert ce["gap"] > 0, f"CE is not over-confident: gap {ce['gap']}"
+    assert min(r["ece"] for r in mbls) < ce["ece"], (ce["ece"], [r["ece"] for r in mbls])
