@@ -121,3 +121,15 @@ def check_counts(counts, name: str, length: int) -> np.ndarray:
 
 def is_mapping_with(obj, keys) -> bool:
     return isinstance(obj, Mapping) and all(k in obj for k in keys)
+
+
+def rebuild_from_dict(data: Mapping, kind: str, arg: str, alternative: str):
+    """Rebuild ``mls_tutorial.metrics.<kind>`` from its ``to_dict()``; ValueError naming ``arg``."""
+    from mls_tutorial import metrics
+
+    try:
+        return getattr(metrics, kind).from_dict(data)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{arg} is neither {alternative} nor a {kind}.to_dict() dict ({exc!r})"
+        ) from None

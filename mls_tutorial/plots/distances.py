@@ -18,6 +18,7 @@ from mls_tutorial.plots._common import (
     check_counts,
     check_edges,
     is_mapping_with,
+    rebuild_from_dict,
     root_figure,
 )
 
@@ -45,15 +46,9 @@ def distance_histogram_data(hist_or_dict, summary: str = "all", margin: float | 
         raise ValueError(f"margin must be finite and >= 0, got {margin}")
     source = hist_or_dict
     if isinstance(source, Mapping) and not is_mapping_with(source, ("edges", "counts")):
-        from mls_tutorial.metrics import LogitDistanceHistogram
-
-        try:
-            source = LogitDistanceHistogram.from_dict(source)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(
-                "hist_or_dict is neither a histogram dict nor a "
-                f"LogitDistanceHistogram.to_dict() dict ({exc!r})"
-            ) from None
+        source = rebuild_from_dict(
+            source, "LogitDistanceHistogram", "hist_or_dict", "a histogram dict"
+        )
     fraction = None
     if hasattr(source, "histogram"):
         hist = source.histogram(summary)

@@ -21,6 +21,7 @@ from mls_tutorial.plots._common import (
     check_counts,
     check_edges,
     is_mapping_with,
+    rebuild_from_dict,
     root_figure,
 )
 
@@ -41,15 +42,9 @@ def reliability_data(meter_or_dict, cls: int | None = None) -> dict:
             raise ValueError("cls must be None when meter_or_dict is already a reliability dict")
         rel = meter_or_dict
     elif isinstance(meter_or_dict, Mapping):
-        from mls_tutorial.metrics import CalibrationMeter
-
-        try:
-            meter = CalibrationMeter.from_dict(meter_or_dict)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(
-                "meter_or_dict is neither a reliability dict nor a CalibrationMeter.to_dict() "
-                f"dict ({exc!r})"
-            ) from None
+        meter = rebuild_from_dict(
+            meter_or_dict, "CalibrationMeter", "meter_or_dict", "a reliability dict"
+        )
         rel = meter.reliability(cls)
     else:
         raise ValueError(
