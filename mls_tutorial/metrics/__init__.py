@@ -7,6 +7,8 @@
 - ``LogitDistanceHistogram``: streaming histogram of logit distances ``d_k = max_j z_j - z_k``
   with exact counts above given margins.
 - ``dice_per_class``, ``hd95_per_class``: per-volume segmentation scores (MONAI, imported lazily).
+- ``true_calibration_error`` / ``truth_table``: ``tce``, ``ece_true``, ``prob_gap`` against known
+  true class probabilities (the bundled data).
 """
 
 from .calibration import (
@@ -19,6 +21,7 @@ from .calibration import (
 )
 from .distances import LogitDistanceHistogram
 from .segmentation import dice_per_class, hd95_per_class
+from .truth import true_calibration_error, truth_table
 
 __all__ = [
     "REGIONS",
@@ -30,4 +33,6 @@ __all__ = [
     "expected_calibration_error",
     "hd95_per_class",
     "negative_log_likelihood",
+    "true_calibration_error",
+    "truth_table",
 ]

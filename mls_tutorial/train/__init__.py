@@ -4,7 +4,8 @@
 
 - ``engine``: ``fit`` (iteration-based, AMP on CUDA, seeded, validation and model selection,
   atomic checkpoints, resume, NaN/inf guard, DDP under torchrun);
-- ``evaluation``: ``evaluate`` on whole volumes (Dice, HD95 in mm, calibration, logit distances);
+- ``evaluation``: ``evaluate`` on whole volumes (Dice, HD95 in mm, calibration, logit distances,
+  error against true probabilities); ``evaluate_true_probabilities`` (the reference row);
 - ``temperature``: ``fit_temperature`` / ``optimal_temperature`` (post-hoc scaling);
 - ``checkpoint``: atomic ``save_checkpoint`` / ``load_checkpoint`` (``weights_only=True``),
   ``write_json`` / ``read_json``;
@@ -19,7 +20,7 @@ from mls_tutorial.train.checkpoint import (
     write_json,
 )
 from mls_tutorial.train.engine import VAL_METRICS, fit
-from mls_tutorial.train.evaluation import evaluate, predict_logits
+from mls_tutorial.train.evaluation import evaluate, evaluate_true_probabilities, predict_logits
 from mls_tutorial.train.sampling import StreamBatchSampler, seed_everything
 from mls_tutorial.train.temperature import fit_temperature, optimal_temperature
 
@@ -28,6 +29,7 @@ __all__ = [
     "StreamBatchSampler",
     "VAL_METRICS",
     "evaluate",
+    "evaluate_true_probabilities",
     "fit",
     "fit_temperature",
     "load_checkpoint",

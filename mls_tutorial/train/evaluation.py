@@ -32,6 +32,8 @@ from mls_tutorial.train import distributed as dist_utils
 REGIONS = ("foreground", "all", "union")
 # headline keys copied from the (per-volume mean of the) region meter
 _CAL_KEYS = ("ece", "cece", "mce", "brier", "nll")
+# per-volume means against the true probabilities (metrics.truth), None without Volume.prob
+TRUTH_KEYS = ("prob_gap", "tce", "ece_true")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -125,63 +127,113 @@ def evaluate(
     truth != 0, the paper's protocol; ``union``: ground truth or prediction foreground; ``all``).
     ``temperature`` T divides the logits (post-hoc temperature scaling). ``hd95=False`` skips the
     surface distances (fast validation during training). Dice and HD95 exclude the background.
+    Volumes with true probabilities ``prob`` add ``tce``, ``ece_true``, ``prob_gap`` (see
+    ``metrics.truth``) and ``dice_bayes`` (Dice against ``argmax prob``).
     Under torch.distributed every rank must call it (collectives inside).
     """
+    check_temperature(temperature)
+    device = dist_utils.local_device(pick_device(device))
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+
+    def logits_of(vol) -> torch.Tensor:
+        logits = predict_logits(net, vol.image, device=device, batch_size=batch_size, amp=amp)
+        return logits if temperature is None else logits / temperature
+
+    try:
+        out = _evaluate_volumes(
+            logits_of, volumes, num_classes, device, region, hd95, class_names, n_bins
+        )
+    finally:
+        net.train(was_training)
+    out["temperature"] = None if temperature is None else float(temperature)
+    return out
+
+
+@torch.no_grad()
+def evaluate_true_probabilities(
+    volumes: Sequence[Any],
+    num_classes: int,
+    *,
+    region: str = "foreground",
+    hd95: bool = True,
+    class_names: Sequence[str] | None = None,
+    n_bins: int = 15,
+) -> dict[str, Any]:
+    """The reference row: the true probabilities ``q = Volume.prob`` scored as a prediction.
+
+    Same keys as ``evaluate`` (logits ``log q``, so ``softmax = q``), against the same sampled
+    labels: the best Dice and ECE any network can expect on average. ``tce``, ``ece_true`` and
+    ``prob_gap`` are 0 and ``dice_bayes`` 1 up to float32 rounding (and argmax ties in ``q``).
+    """
+    if any(getattr(v, "prob", None) is None for v in volumes):
+        raise ValueError("every volume needs true probabilities (Volume.prob), e.g. data='mni'")
+    out = _evaluate_volumes(
+        lambda vol: vol.prob.clamp_min(1e-30).log(),
+        volumes,
+        num_classes,
+        torch.device("cpu"),
+        region,
+        hd95,
+        class_names,
+        n_bins,
+    )
+    out["temperature"] = None
+    return out
+
+
+def _evaluate_volumes(
+    logits_of, volumes, num_classes, device, region, hd95, class_names, n_bins
+) -> dict[str, Any]:
+    """The body of ``evaluate``: ``logits_of(volume) -> (S, K, H, W)`` logits on ``device``."""
     from mls_tutorial.metrics import CalibrationMeter, LogitDistanceHistogram
+    from mls_tutorial.metrics.truth import TRUTH_COLUMNS, true_calibration, truth_table
 
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
-    check_temperature(temperature)
     check_volumes(volumes, num_classes)
     if class_names is None:
         class_names = ["background"] + [f"class{k}" for k in range(1, num_classes)]
     if len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
-    device = dist_utils.local_device(pick_device(device))
-    net = unwrap(model)
-    was_training = net.training
-    net.eval()
 
     meter = CalibrationMeter(
         num_classes, n_bins=n_bins, region=region, per_volume=True, device=device
     )
     meter_all = CalibrationMeter(num_classes, n_bins=n_bins, region="all", device=device)
     hist = LogitDistanceHistogram(num_classes, device=device)
-    # per volume: number of region voxels, sum over them of mean_k |p_k - q_k|
-    prob_sums = torch.zeros(len(volumes), 2, dtype=torch.float64, device=device)
+    # per volume: truth_table over the region voxels (tce, ece_true, prob_gap)
+    truth = torch.zeros(len(volumes), n_bins, len(TRUTH_COLUMNS), dtype=torch.float64)
+    truth = truth.to(device)
     mine = {}
-    try:
-        for v in _shard(len(volumes)):
-            vol = volumes[v]
-            target = vol.label.to(device)
-            logits = predict_logits(net, vol.image, device=device, batch_size=batch_size, amp=amp)
-            if temperature is not None:
-                logits = logits / temperature
-            meter.update(logits, target)
-            meter_all.update(logits, target)
-            hist.update(logits)
-            probs = torch.softmax(logits, dim=1)
-            pred = probs.argmax(dim=1)
-            if getattr(vol, "prob", None) is not None:
-                mask = _region_mask(region, target, pred)
-                prob_sums[v, 0] = mask.sum()
-                prob_sums[v, 1] = (
-                    (probs - vol.prob.to(device)).abs().mean(dim=1)[mask].double().sum()
-                )
-            mine[v] = _segmentation_scores(vol, pred.cpu().numpy(), num_classes, hd95)
-    finally:
-        net.train(was_training)
+    for v in _shard(len(volumes)):
+        vol = volumes[v]
+        target = vol.label.to(device)
+        logits = logits_of(vol)
+        meter.update(logits, target)
+        meter_all.update(logits, target)
+        hist.update(logits)
+        probs = torch.softmax(logits, dim=1)
+        pred = probs.argmax(dim=1)
+        if getattr(vol, "prob", None) is not None:
+            mask = _region_mask(region, target, pred)
+            truth[v] = truth_table(probs, vol.prob.to(device), mask, n_bins)
+        mine[v] = _segmentation_scores(vol, pred.cpu().numpy(), num_classes, hd95)
 
-    dist_utils.all_reduce_sum(prob_sums)
+    dist_utils.all_reduce_sum(truth)
     scores = {}
     for part in dist_utils.all_gather_objects(mine):
         scores.update(part)
-    dice_v = np.stack([scores[v][0] for v in range(len(volumes))])  # (V, K-1)
-    hd_v = np.stack([scores[v][1] for v in range(len(volumes))])
+    dice_v, hd_v, bayes_v = (
+        np.stack([scores[v][j] for v in range(len(volumes))]) for j in range(3)
+    )  # each (V, K-1)
     cal, cal_all = meter.compute(), meter_all.compute()
     has_prob = all(getattr(vol, "prob", None) is not None for vol in volumes)
-    ps = prob_sums.cpu().numpy()
-    prob_gap_v = ps[:, 1] / np.where(ps[:, 0] > 0, ps[:, 0], np.nan) if has_prob else None
+    truth_v = [true_calibration(t) for t in truth] if has_prob else None
+
+    def truth_mean(key: str) -> float | None:
+        return _nanmean([t[key] for t in truth_v]) if has_prob else None
 
     fg_names = list(class_names[1:])
     per_volume = []
@@ -192,12 +244,19 @@ def evaluate(
             "hd95": _nanmean(hd_v[i]),
             "dice_per_class": dict(zip(fg_names, map(float, dice_v[i]), strict=True)),
             "hd95_per_class": dict(zip(fg_names, map(float, hd_v[i]), strict=True)),
-            "prob_gap": None if prob_gap_v is None else float(prob_gap_v[i]),
         }
+        for key in TRUTH_KEYS:
+            row[key] = None if truth_v is None else truth_v[i][key]
+        row["dice_bayes"] = _nanmean(bayes_v[i]) if has_prob else None
         for key in (*_CAL_KEYS, "gap", "n_voxels"):
             row[key] = cal["per_volume"][key][i]
         per_volume.append(row)
 
+    per_class = {}
+    for k, name in enumerate(fg_names):
+        per_class[name] = {"dice": _nanmean(dice_v[:, k]), "hd95": _nanmean(hd_v[:, k])}
+        if has_prob:
+            per_class[name]["dice_bayes"] = _nanmean(bayes_v[:, k])
     return {
         "dice": _nanmean(dice_v.ravel()),
         "hd95": _nanmean(hd_v.ravel()),
@@ -205,14 +264,11 @@ def evaluate(
         "ece_all": float(cal_all["ece"]),
         "cece_all": float(cal_all["cece"]),
         "gap": float(cal["gap_mean_over_volumes"]),
-        "prob_gap": _nanmean(prob_gap_v) if has_prob else None,
-        "temperature": None if temperature is None else float(temperature),
+        **{key: truth_mean(key) for key in TRUTH_KEYS},
+        "dice_bayes": _nanmean(bayes_v.ravel()) if has_prob else None,
         "region": region,
         "n_volumes": len(volumes),
-        "per_class": {
-            name: {"dice": _nanmean(dice_v[:, k]), "hd95": _nanmean(hd_v[:, k])}
-            for k, name in enumerate(fg_names)
-        },
+        "per_class": per_class,
         "per_volume": per_volume,
         "calibration": {region: cal, "all": cal_all},
         "meter": _merged_dict(meter),
@@ -230,7 +286,8 @@ def _region_mask(region: str, target: torch.Tensor, pred: torch.Tensor) -> torch
 
 
 def _segmentation_scores(vol, pred: np.ndarray, num_classes: int, hd95: bool):
-    """Foreground Dice and HD95 (mm; NaN when skipped) of one volume, each ``(K-1,)``."""
+    """Foreground Dice, HD95 (mm; NaN when skipped) and Dice against ``argmax prob`` (NaN
+    without true probabilities) of one volume, each ``(K-1,)``."""
     from mls_tutorial.metrics import dice_per_class, hd95_per_class
 
     label = vol.label.numpy()
@@ -241,7 +298,12 @@ def _segmentation_scores(vol, pred: np.ndarray, num_classes: int, hd95: bool):
         )
     else:
         hd = np.full(num_classes - 1, np.nan)
-    return dice, hd
+    if getattr(vol, "prob", None) is not None:
+        bayes = vol.prob.argmax(dim=1).numpy()
+        dice_bayes = np.asarray(dice_per_class(pred, bayes, num_classes), dtype=np.float64)
+    else:
+        dice_bayes = np.full(num_classes - 1, np.nan)
+    return dice, hd, dice_bayes
 
 
 def _merged_dict(obj) -> dict[str, Any]:
