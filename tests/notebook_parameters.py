@@ -1,0 +1,35 @@
+"""The notebooks' fast parameters, in one place: the tests and ``docs/build.py --fast`` use them.
+
+Papermill injects them after each notebook's ``parameters`` cell; ``output_dir`` and ``runs_dir``
+are added by the caller. Sizes chosen so that the whole notebook suite runs in a few minutes on
+2 CPU cores; short runs do NOT reach the over-confident regime. Plain data only (no pytest), so
+that scripts outside the test suite can import it.
+"""
+
+from __future__ import annotations
+
+_FAST_TRAINING = {
+    "device": "cpu",
+    "iterations": 30,
+    "batch_size": 4,
+    "val_every": 15,
+    "n_train_subjects": 1,
+    "n_val_subjects": 1,
+    "n_test_subjects": 1,
+}
+NOTEBOOK_FAST_PARAMETERS = {
+    "01_constrained_optimization_view": dict(_FAST_TRAINING),
+    "02_training_with_margin": {**_FAST_TRAINING, "margins": [2.0, 10.0]},
+    "03_calibration_evaluation": {
+        **_FAST_TRAINING,
+        "losses": ["ce", "ls", "mbls"],
+        "sweep_margins": [2.0, 10.0],
+    },
+    "04_your_own_data": {
+        "device": "cpu",
+        "iterations": 30,
+        "batch_size": 4,
+        "n_patients": 3,
+        "volume_size": 48,
+    },
+}
