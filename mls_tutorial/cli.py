@@ -284,19 +284,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
     p = sub.add_parser(
-        "sweep", help="losses x margins x seeds -> one results table", formatter_class=fmt
+        "sweep",
+        help="grids of losses and knobs x seeds -> one results table",
+        formatter_class=fmt,
+        description="Train every config of the grid for every seed (cached runs are reused), "
+        "in parallel with --workers, then write one results table. Give either --losses and "
+        "--margins, or one --grid per loss family (repeatable), e.g. --grid ce "
+        "--grid ls:alpha=0.03,0.1,0.3 --grid mbls:margin=3,5,10. Choose each family's knob "
+        "afterwards with `mls-tutorial report ROOT --choose-on val`.",
     )
     p.add_argument(
-        "--losses", nargs="+", choices=LOSSES, default=["ce", "mbls"], help="losses to train"
+        "--losses",
+        nargs="+",
+        choices=LOSSES,
+        default=None,
+        help="losses to train with their default knobs (default: ce mbls)",
     )
     p.add_argument(
         "--margins",
         nargs="+",
         type=_nonneg_float,
-        default=[5.0],
-        help="MbLS margins (one mbls run per margin)",
+        default=None,
+        help="MbLS margins, one mbls run per margin (default: 5)",
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="LOSS[:KEY=V1,V2,...]",
+        help="one loss family's grid (repeatable; each KEY=values multiplies it), e.g. "
+        "ls:alpha=0.03,0.1,0.3 or mbls:margin=3,5,10:alpha=0.1,0.3 or ce",
     )
     p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=[1], help="random seeds")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="runs trained at once, in separate processes of cores/workers threads each",
+    )
     p.add_argument(
         "--name", default="results", help="file stem of the table (<out>/<name>.md/.csv/.json)"
     )
@@ -431,11 +456,43 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _sweep_configs(args) -> list[dict]:
+    """The configs of ``sweep``: from ``--grid`` (one per family) or ``--losses/--margins``."""
+    from mls_tutorial.sweep import expand_grid, parse_grid
+
+    if not args.grid:
+        return _grid(args, args.losses or ["ce", "mbls"], args.margins or [5.0], args.seeds)
+    if args.losses or args.margins:
+        raise CLIError("give either --grid or --losses/--margins, not both")
+    if args.alpha is not None or args.loss_param:
+        raise CLIError("with --grid, set knobs in the grid (e.g. mbls:margin=5:alpha=0.1)")
+    grids = [parse_grid(text) for text in args.grid]
+    configs = []
+    for seed in args.seeds:
+        for loss, knobs in grids:
+            for kwargs in expand_grid(loss, knobs):
+                cfg = _config(args, loss, seed)
+                cfg["loss_kwargs"] = kwargs
+                configs.append(cfg)
+        if args.temperature_scaling:
+            configs.append(_config(args, "ce", seed, ts=True))
+    return configs
+
+
 def cmd_sweep(args) -> int:
     from mls_tutorial.runs import format_markdown, results_table, write_results
+    from mls_tutorial.sweep import train_configs
 
     _resolve(args, DEMO_DEFAULTS)
-    runs = _train_all(args, _grid(args, args.losses, args.margins, args.seeds))
+    configs = _sweep_configs(args)
+    runs = train_configs(
+        configs,
+        args.out,
+        workers=args.workers,
+        device=_device(args),
+        progress=not args.no_progress,
+        force=args.force,
+    )
     if not _leave_process_group(runs):
         return 0
     rows = results_table(runs)
@@ -628,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import warnings
 
+    from mls_tutorial.sweep import SweepError
     from mls_tutorial.train import distributed as dist_utils
 
     # MONAI 1.6 deprecation notices from inside its HD95 code are noise for a CLI user
@@ -635,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dist_utils.init_from_env(getattr(args, "device", None))
         return COMMANDS[args.command](args)
-    except (CLIError, ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except (CLIError, ValueError, FileNotFoundError, FloatingPointError, SweepError) as exc:
         print(f"mls-tutorial {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -19,7 +19,9 @@ config): only T is fitted (on the validation volumes) and the test set re-evalua
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import hashlib
 import inspect
 import json
@@ -86,9 +88,14 @@ def _signature_defaults(fn: Callable) -> dict[str, Any]:
 
 def _loss_defaults(name: str) -> dict[str, Any]:
     """The keyword defaults of loss ``name`` (so ``mbls`` and ``mbls, margin=10`` share a key)."""
+    return dict(_loss_default_items(name))
+
+
+@functools.cache
+def _loss_default_items(name: str) -> tuple:
     from mls_tutorial.losses import build_loss
 
-    return _signature_defaults(type(build_loss(name)))
+    return tuple(_signature_defaults(type(build_loss(name))).items())
 
 
 def _with_defaults(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
@@ -170,8 +177,21 @@ def run_name(config: dict[str, Any]) -> str:
     return f"{loss}-m{m}-s{cfg['seed']}-{run_key(cfg)[:8]}"
 
 
+#: each loss's knobs (what a sweep varies and a label shows when it is not the default)
+KNOBS: dict[str, tuple[str, ...]] = {
+    "focal": ("gamma",),
+    "ls": ("alpha",),
+    "ecp": ("beta",),
+    "svls": ("sigma",),
+    "nacl": ("alpha",),
+    "mbls": ("margin", "alpha"),
+}
+KNOB_SYMBOLS = {"alpha": "a", "beta": "b", "gamma": "g", "sigma": "s", "margin": "m"}
+
+
 def run_label(config: dict[str, Any]) -> str:
-    """A short human label: ``CE``, ``MbLS m=5``, ``CE + TS``, ``LS a=0.1`` ..."""
+    """A short label: ``CE``, ``MbLS m=5``, ``CE + TS``, ``LS a=0.3`` (knobs shown when they
+    differ from the loss's default; the margin always)."""
     cfg = normalize_config(config)
     names = {
         "ce": "CE",
@@ -184,8 +204,12 @@ def run_label(config: dict[str, Any]) -> str:
         "nacl": "NACL",
     }
     label = names.get(cfg["loss"], cfg["loss"])
+    kwargs, defaults = cfg["loss_kwargs"], _loss_defaults(cfg["loss"])
     if cfg["loss"] == "mbls":
-        label += f" m={float(cfg['loss_kwargs'].get('margin', 10.0)):g}"
+        label += f" m={float(kwargs.get('margin', 10.0)):g}"
+    for key in KNOBS.get(cfg["loss"], ()):
+        if key != "margin" and kwargs.get(key) != defaults.get(key):
+            label += f" {KNOB_SYMBOLS.get(key, key)}={kwargs[key]:g}"
     if cfg["temperature_scaling"]:
         label += " + TS"
     return label
@@ -370,20 +394,60 @@ def load_or_train(
     root = Path(root)
     path = root / run_name(cfg)
     if not force and (path / METRICS_FILE).is_file():
-        run = load_run(path)
-        if run.config != cfg:
-            raise ValueError(f"{path} holds a different config; refusing to reuse it")
-        run.cached = True
-        say(f"[cached] {run_label(cfg)}: reusing {path}")
-        return run
-    if dist_utils.is_main():
-        if force and path.exists():
-            _move_aside(path, say)
-        _claim_folder(path, cfg)
-    dist_utils.barrier()
-    if cfg["temperature_scaling"]:
-        return _temperature_scaled(cfg, root, path, device, progress, data, force, figures, say)
-    return _train_and_evaluate(cfg, path, device, progress, data, force, figures, say)
+        return _cached(path, cfg, say)
+    with run_lock(root, path.name, say):
+        dist_utils.barrier()
+        if not force and (path / METRICS_FILE).is_file():  # finished while we waited
+            return _cached(path, cfg, say)
+        if dist_utils.is_main():
+            if force and path.exists():
+                _move_aside(path, say)
+            _claim_folder(path, cfg)
+        dist_utils.barrier()
+        if cfg["temperature_scaling"]:
+            return _temperature_scaled(cfg, root, path, device, progress, data, force, figures, say)
+        return _train_and_evaluate(cfg, path, device, progress, data, force, figures, say)
+
+
+def _cached(path: Path, cfg: dict[str, Any], say) -> Run:
+    run = load_run(path)
+    if run.config != cfg:
+        raise ValueError(f"{path} holds a different config; refusing to reuse it")
+    run.cached = True
+    say(f"[cached] {run_label(cfg)}: reusing {path}")
+    return run
+
+
+LOCK_DIR = ".locks"
+
+
+@contextlib.contextmanager
+def run_lock(root: str | Path, name: str, say: Callable[[str], None] = print):
+    """One writer per run folder: an OS-level lock on ``<root>/.locks/<name>.lock``.
+
+    A second process asking for the same run waits here (and says so), then finds the finished
+    run. The lock is the operating system's (``filelock``: ``flock`` on POSIX), released when
+    its holder exits, so a crashed holder never blocks anyone. Under torchrun rank 0 alone locks.
+    """
+    from filelock import FileLock, Timeout
+
+    from mls_tutorial.train import distributed as dist_utils
+
+    if not dist_utils.is_main():
+        yield
+        return
+    lock_dir = Path(root) / LOCK_DIR
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_dir / f"{name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say(f"[wait] another process is working on {name}; waiting for it to finish")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _seeded_model(cfg: dict[str, Any], data):
@@ -465,6 +529,7 @@ def _finish(cfg, path, model, data, history, temperature, device, figures) -> Ru
         amp=cfg["amp"],
         class_names=data.class_names,
     )
+    metrics["val"] = _val_metrics(model, data, temperature, device, cfg["amp"])
     metrics["data"] = {
         "description": data.description,
         "num_classes": data.num_classes,
@@ -481,6 +546,31 @@ def _finish(cfg, path, model, data, history, temperature, device, figures) -> Ru
             save_figures(run)
     dist_utils.barrier()
     return run
+
+
+#: the validation numbers kept in metrics.json["val"] (the selection rules read them)
+VAL_KEYS = ("dice", "ece", "cece", "ece_all", "gap", "nll", "brier", "tce", "ece_true", "prob_gap")
+
+
+def _val_metrics(model, data, temperature, device, amp) -> dict[str, Any] | None:
+    """``evaluate`` of the kept weights on the validation volumes (no HD95), headline keys."""
+    from mls_tutorial.train import evaluate
+
+    if not getattr(data, "val", None):
+        return None
+    res = evaluate(
+        model,
+        data.val,
+        data.num_classes,
+        device=device,
+        temperature=temperature,
+        amp=amp,
+        hd95=False,
+        class_names=data.class_names,
+    )
+    out = {key: res.get(key) for key in (*VAL_KEYS, "dice_bayes", "temperature")}
+    out["per_class_dice"] = {name: v["dice"] for name, v in res["per_class"].items()}
+    return out
 
 
 def _write_example(path: Path, model, data, temperature, device, amp) -> None:

@@ -1,0 +1,177 @@
+"""Sweeps: a grid of configs per method family, trained by parallel worker processes.
+
+A **grid** names a loss and the values of its knobs; each ``KEY=V1,V2`` multiplies the grid::
+
+    parse_grid("ls:alpha=0.03,0.1,0.3")        -> ("ls", {"alpha": [0.03, 0.1, 0.3]})
+    parse_grid("mbls:margin=3,5,10:alpha=0.1")  -> 3 configs
+    parse_grid("ce")                            -> the loss with its defaults
+
+A **family** is what one selection rule chooses within (``family``): the loss name, except MbLS
+with ``margin=0``, which is the linear (equality) penalty ``linear``, and CE + temperature scaling
+``ce_ts``.
+
+``train_configs(configs, root, workers=N)`` trains every config not already in ``root``; with
+``N > 1`` in ``N`` processes of ``cores // N`` threads each (no oversubscription). Every run
+folder has one writer (``runs.run_lock``), so two sweeps, or a sweep and a notebook, that share a
+root never train the same run twice: the second waits and loads it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from mls_tutorial.runs import Run, load_or_train, load_run, normalize_config, run_name
+
+
+class SweepError(RuntimeError):
+    """Some runs of a sweep failed (the others finished and are kept)."""
+
+
+def parse_grid(text: str) -> tuple[str, dict[str, list[Any]]]:
+    """``LOSS[:KEY=V1,V2,...]...`` -> ``(loss, {key: [values]})``; values parsed as JSON."""
+    from mls_tutorial.runs import _loss_defaults
+
+    loss, *parts = text.split(":")
+    loss = loss.strip()
+    try:
+        defaults = _loss_defaults(loss)
+    except ValueError as exc:
+        raise ValueError(f"grid {text!r}: {exc}") from None
+    knobs: dict[str, list[Any]] = {}
+    for part in parts:
+        key, sep, values = part.partition("=")
+        key = key.strip()
+        if not sep or not key or not values:
+            raise ValueError(f"grid {text!r}: expected KEY=V1,V2,... after ':', got {part!r}")
+        if key not in defaults:
+            raise ValueError(
+                f"grid {text!r}: {loss} has no parameter {key!r}; valid: {sorted(defaults)}"
+            )
+        if key in knobs:
+            raise ValueError(f"grid {text!r}: {key!r} is given twice")
+        knobs[key] = [_value(v, text) for v in values.split(",")]
+    return loss, knobs
+
+
+def _value(raw: str, text: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise ValueError(f"grid {text!r}: {raw!r} is not a number or JSON value") from None
+
+
+def expand_grid(loss: str, knobs: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the knob values: a list of ``loss_kwargs``."""
+    keys = list(knobs)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*knobs.values())]
+
+
+def family(config: dict[str, Any]) -> str:
+    """The method family of a run config (what a selection rule chooses within)."""
+    if config.get("temperature_scaling"):
+        return f"{config['loss']}_ts"
+    if config["loss"] == "mbls" and float(config.get("loss_kwargs", {}).get("margin", 10.0)) == 0:
+        return "linear"
+    return config["loss"]
+
+
+def _threads_per_worker(workers: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+
+
+def _train_one(config: dict[str, Any], root: str, device: str | None) -> str:
+    run = load_or_train(config, root, device=device, progress=False)
+    return str(run.path)
+
+
+def train_configs(
+    configs: Sequence[dict[str, Any]],
+    root: str | Path,
+    *,
+    workers: int = 1,
+    device: str | None = None,
+    progress: bool = True,
+    force: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> list[Run]:
+    """Train (or load) every config under ``root``; the runs, in the order of ``configs``.
+
+    ``workers > 1``: that many processes (``spawn``), each with ``cores // workers`` threads;
+    a failed run is reported after the others finish (finished runs are never lost).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    configs = [normalize_config(c) for c in configs]  # every config checked before any run
+    unique = list({run_name(c): c for c in configs}.values())
+    root = Path(root)
+    if workers == 1:
+        done = {
+            run_name(c): load_or_train(
+                c, root, device=device, progress=progress, force=force, log=log
+            )
+            for c in unique
+        }
+        return [done[run_name(c)] for c in configs]
+    from mls_tutorial.train import distributed as dist_utils
+
+    if dist_utils.is_distributed():
+        raise ValueError("workers > 1 cannot be combined with torchrun (DDP): use one or the other")
+    if force:
+        raise ValueError("force=True with workers > 1 is not supported: retrain with workers=1")
+    return _train_parallel(configs, unique, root, workers, device, progress, log)
+
+
+def _train_parallel(configs, unique, root, workers, device, progress, log) -> list[Run]:
+    import multiprocessing
+
+    say = log or (lambda _msg: None)
+    threads = _threads_per_worker(workers)
+    say(f"[sweep] {len(unique)} runs on {workers} workers x {threads} thread(s) -> {root}")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(unique), desc="sweep", unit="run", dynamic_ncols=True)
+    paths, failed = {}, []
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads,),
+    ) as pool:
+        futures = {pool.submit(_train_one, c, str(root), device): run_name(c) for c in unique}
+        for fut in as_completed(futures):
+            name = futures[fut]
+            try:
+                paths[name] = fut.result()
+            except Exception as exc:  # noqa: BLE001 - reported below, after the other runs
+                failed.append(f"{name}: {type(exc).__name__}: {exc}")
+                say(f"[failed] {name}: {exc}")
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    if failed:
+        raise SweepError(f"{len(failed)} of {len(unique)} runs failed:\n" + "\n".join(failed))
+    runs = {name: load_run(path) for name, path in paths.items()}
+    return [runs[run_name(c)] for c in configs]
