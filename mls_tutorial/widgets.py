@@ -279,8 +279,11 @@ class MarginExplorer(widgets.VBox):
         probs = plots.images.check_probs(example["probs"], "example probs")
         names, colors = self._classes(run, probs.shape[0])
         axes = panel.subplots(1, 4)
+        params = run.config.get("data_params") or {}
+        sampled = params.get("labels", "sampled" if run.config.get("data") == "mni" else None)
+        title = "test label (sampled)" if sampled == "sampled" else "test label"
         plots.segmentation_overlay(example["image"], example["label"], probs, names, colors,
-                                   ax=axes[:3])  # fmt: skip
+                                   ax=axes[:3], label_title=title)  # fmt: skip
         im = axes[3].imshow(plots.entropy_map(probs), cmap="magma", vmin=0.0,
                             vmax=math.log(probs.shape[0]), interpolation="nearest")  # fmt: skip
         axes[3].set_title("entropy $H(s)$")

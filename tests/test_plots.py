@@ -102,11 +102,14 @@ def test_reliability_bars_equal_bin_accuracies_and_skip_empty_bins(data, meter):
     np.testing.assert_allclose(
         [b.get_height() for b in acc_bars], ref["accuracy"][filled], atol=1e-9
     )
-    gap = container(ax_rel, "gap")
-    np.testing.assert_allclose([b.get_y() for b in gap], ref["accuracy"][filled], atol=1e-9)
-    np.testing.assert_allclose(
-        [b.get_y() + b.get_height() for b in gap], ref["confidence"][filled], atol=1e-6
-    )
+    over = ref["confidence"][filled] >= ref["accuracy"][filled]
+    assert over.any()  # over-confident logits: most bins sit above their accuracy
+    for name, sel in (("over-confident gap", over), ("under-confident gap", ~over)):
+        gap = container(ax_rel, name)
+        lo = np.minimum(ref["accuracy"], ref["confidence"])[filled][sel]
+        hi = np.maximum(ref["accuracy"], ref["confidence"])[filled][sel]
+        np.testing.assert_allclose([b.get_y() for b in gap], lo, atol=1e-6)
+        np.testing.assert_allclose([b.get_y() + b.get_height() for b in gap], hi, atol=1e-6)
     text = annotation(ax_rel)
     ece = float(re.search(r"ECE = ([0-9.]+)", text).group(1))
     assert abs(ece - ref["ece"]) <= 5e-5 + 1e-6
@@ -122,6 +125,34 @@ def test_reliability_bars_equal_bin_accuracies_and_skip_empty_bins(data, meter):
     )
     diag = [ln for ln in ax_rel.lines if ln.get_label() == "perfect calibration"][0]
     np.testing.assert_array_equal(diag.get_xdata(), diag.get_ydata())
+
+
+def test_reliability_under_confident_gap_has_its_own_opaque_colour_in_the_legend():
+    """A bin with acc > conf draws its gap over the bar in a second colour, not a blended one."""
+    edges = np.linspace(0, 1, 6)
+    rel = dict(edges=edges, counts=[0, 0, 10, 20, 30], confidence=[np.nan, np.nan, 0.5, 0.7, 0.95],
+               accuracy=[np.nan, np.nan, 0.8, 0.6, 0.7], ece=0.1, n=60)  # fmt: skip
+    ax_rel = plots.reliability_diagram(rel).axes[0]
+    over, under = container(ax_rel, "over-confident gap"), container(ax_rel, "under-confident gap")
+
+    def spans(bars):
+        return np.array([(b.get_y(), b.get_y() + b.get_height()) for b in bars]).ravel()
+
+    np.testing.assert_allclose(spans(under), [0.5, 0.8], atol=1e-12)
+    np.testing.assert_allclose(spans(over), [0.6, 0.7, 0.7, 0.95], atol=1e-12)
+    (face_under,) = {b.get_facecolor() for b in under}
+    face_over = {b.get_facecolor() for b in over}
+    assert face_over == {face_over.copy().pop()} and face_under not in face_over
+    assert face_under[3] == 1.0  # opaque: no purple blend with the blue bar underneath
+    texts = [t.get_text() for t in ax_rel.get_legend().get_texts()]
+    assert {"over-confident gap", "under-confident gap", "accuracy"} <= set(texts)
+    # both colours are explained even when every bin is over-confident
+    only_over = {**rel, "accuracy": [np.nan, np.nan, 0.3, 0.6, 0.7]}
+    texts = [
+        t.get_text() for t in plots.reliability_diagram(only_over).axes[0].get_legend().get_texts()
+    ]
+    assert "under-confident gap" in texts
+    assert len(container(plots.reliability_diagram(only_over).axes[0], "under-confident gap")) == 0
 
 
 def heights(fig) -> list[float]:
@@ -234,7 +265,7 @@ def test_logit_distance_histogram_margin_line_share_and_bins(hists, margin):
     for patch, (name, (_, logits)) in zip(stairs(ax), hists.items(), strict=True):
         d = distances64(logits)
         share = np.mean(d > margin)
-        assert f"{name} ({share:.1%} > m)" in patch.get_label()
+        assert f"{name} ({share:.1%} > {margin:g})" in patch.get_label()
         idx = np.clip(np.ceil(d / 0.5).astype(int) - 1, 0, None)  # (lo, hi], 0 in the first
         counts = np.bincount(idx[d <= 40], minlength=80)
         np.testing.assert_allclose(patch.get_data().values, counts / d.size, rtol=1e-12)
@@ -277,7 +308,7 @@ def test_logit_distance_histogram_mean_summary_and_errors(hists):
     assert "mean over the K-1 non-winning classes" in ax.get_xlabel()
     z = logits.double().numpy().swapaxes(0, 1).reshape(K, -1)
     mean_d = (z.max(0)[None] - z).sum(0) / (K - 1)
-    assert f"({np.mean(mean_d > 2.0):.1%} > m)" in stairs(ax)[0].get_label()
+    assert f"({np.mean(mean_d > 2.0):.1%} > 2)" in stairs(ax)[0].get_label()
     with pytest.raises(ValueError, match="summary"):
         plots.logit_distance_histogram(h, summary="median")
     with pytest.raises(ValueError, match="margin"):
@@ -288,6 +319,24 @@ def test_logit_distance_histogram_mean_summary_and_errors(hists):
         plots.logit_distance_histogram(LogitDistanceHistogram(K))
     with pytest.raises(ValueError, match="hists"):
         plots.logit_distance_histogram({})
+
+
+def test_logit_distance_histogram_each_curve_measured_at_its_own_margin(hists):
+    """``margins`` per label: each legend share uses that curve's margin, not the one drawn."""
+    sources = {"CE": hists["CE"][0], "MbLS m=2": hists["MbLS"][0], "MbLS m=5": hists["MbLS"][0]}
+    own = {"MbLS m=2": 2.0, "MbLS m=5": 5.0}
+    ax = plots.logit_distance_histogram(sources, margin=10.0, margins=own).axes[0]
+    logits = {"CE": hists["CE"][1], "MbLS m=2": hists["MbLS"][1], "MbLS m=5": hists["MbLS"][1]}
+    for patch, name in zip(stairs(ax), sources, strict=True):
+        m = own.get(name, 10.0)
+        share = np.mean(distances64(logits[name]) > m)
+        assert f"{name} ({share:.1%} > {m:g})" in patch.get_label()
+    shares = [np.mean(distances64(hists["MbLS"][1]) > m) for m in (2.0, 5.0)]
+    assert shares[0] > shares[1]  # the same histogram gives different shares at 2 and 5
+    gids = sorted(ln.get_gid() for ln in ax.lines)
+    assert gids == ["margin", "margin 2", "margin 5"]
+    with pytest.raises(ValueError, match="margins"):
+        plots.logit_distance_histogram(sources, margins={"LS": 1.0})
 
 
 # ------------------------------------------------------------------------------ margin sweep
@@ -317,6 +366,23 @@ def test_margin_sweep_markers_references_and_highlight():
     assert "DSC" in ax_dsc.get_ylabel() and ax_cal.get_xlabel() == "margin m"
 
 
+def test_margin_sweep_dice_axis_does_not_magnify_tiny_differences():
+    rows = [dict(margin=m, dice=d, ece=e) for m, d, e in ((2, 0.529, 0.05), (5, 0.534, 0.09),
+                                                          (10, 0.531, 0.11))]  # fmt: skip
+    ax_dsc, ax_cal = plots.margin_sweep(rows).axes
+    lo, hi = ax_dsc.get_ylim()
+    assert hi - lo == pytest.approx(0.1) and lo < 0.529 and hi > 0.534
+    assert ax_cal.get_ylim()[0] == 0.0
+    # a wide spread is left as matplotlib drew it; the span stays inside [0, 1]
+    wide = [dict(margin=m, dice=d, ece=0.1) for m, d in ((0, 0.2), (5, 0.8))]
+    lo, hi = plots.margin_sweep(wide).axes[0].get_ylim()
+    assert lo < 0.2 and hi > 0.8 and hi - lo > 0.6
+    edge = [dict(margin=m, dice=d, ece=0.1) for m, d in ((0, 0.995), (5, 0.999))]
+    assert plots.margin_sweep(edge).axes[0].get_ylim() == pytest.approx((0.9, 1.0))
+    with pytest.raises(ValueError, match="min_dice_span"):
+        plots.margin_sweep(rows, min_dice_span=-1)
+
+
 def test_margin_sweep_one_curve_per_alpha_and_errors():
     rows = [dict(margin=m, dice=0.8, ece=0.1, alpha=a) for a in (0.1, 0.2) for m in (0, 5)]
     fig = plots.margin_sweep(rows)
@@ -342,7 +408,7 @@ def torch_penalties(d: float, k: int, a: float, m: float) -> dict:
         logp = torch.log_softmax(z, 0)
         dist = z.max() - z
         if name == "linear":
-            p = a * dist.sum()
+            p = a * dist.mean()  # MarginLoss(margin=0) minus CE: the weight is a / K
         elif name == "LS":  # LS loss minus (1 - a) CE, for label 1 (any label gives the same)
             q = torch.full((k,), a / k, dtype=torch.float64)
             q[1] += 1 - a
@@ -350,7 +416,7 @@ def torch_penalties(d: float, k: int, a: float, m: float) -> dict:
         elif name == "ECP":
             p = a * (np.log(k) + (logp.exp() * logp).sum())
         else:
-            p = a * torch.relu(dist - m).sum()
+            p = a * torch.relu(dist - m).mean()
         (g,) = torch.autograd.grad(p, dd)
         out[name] = (p.item(), g.item())
     return out
@@ -369,11 +435,32 @@ def test_penalty_values_and_derivatives_match_autograd(k):
             if d > 0:  # autograd of max/relu at a kink is a convention
                 assert float(df(np.float64(d))) == pytest.approx(ref[short][1], abs=1e-12)
     f_m, df_m = funcs[f"margin (m={m:g})"]
-    assert float(df_m(np.float64(2.0))) == 0.0 and float(df_m(np.float64(4.0))) == a * (k - 1)
+    assert float(df_m(np.float64(2.0))) == 0.0
+    assert float(df_m(np.float64(4.0))) == pytest.approx(a * (k - 1) / k, abs=1e-15)
     # MbLS with m = 0 is exactly the linear penalty for d >= 0
     zero = plots.penalty_functions(margin=0.0, alpha=a, num_classes=k)
     d = np.linspace(0, 10, 11)
     np.testing.assert_allclose(zero["margin (m=0)"][0](d), zero["linear (equality)"][0](d))
+
+
+def test_penalty_defaults_are_the_course_task_and_the_library_losses():
+    """K = 4 by default; the linear penalty is MarginLoss(margin=0) minus CE, and LS converges
+    to it (its extra term a log(1 + (K-1) e^-d) vanishes): "LS is hidden under CE + linear"."""
+    from mls_tutorial.losses import CrossEntropyLoss, MarginLoss
+
+    a, m = 0.1, 10.0
+    funcs = plots.penalty_functions(margin=m, alpha=a)
+    assert plots.penalty_curves().axes[0].get_title().startswith("penalties (K=4")
+    y = torch.zeros(1, 1, 1, dtype=torch.long)
+    for d in (0.5, 3.0, 12.0):
+        z = torch.tensor([d, 0.0, 0.0, 0.0], dtype=torch.float64).view(1, 4, 1, 1)
+        for mm, name in ((0.0, "linear (equality)"), (m, f"margin (m={m:g})")):
+            ref = MarginLoss(margin=mm, alpha=a)(z, y) - CrossEntropyLoss()(z, y)
+            assert float(funcs[name][0](np.float64(d))) == pytest.approx(float(ref), abs=1e-12)
+    ls, lin = funcs["LS"][0], funcs["linear (equality)"][0]
+    assert ls(0.0) - lin(0.0) == pytest.approx(a * np.log(4))
+    assert ls(20.0) - lin(20.0) == pytest.approx(a * np.log1p(3 * np.exp(-20.0)), rel=1e-9)
+    assert ls(20.0) - lin(20.0) < 1e-8
 
 
 def test_penalty_curves_draw_the_functions():
@@ -422,6 +509,10 @@ def test_segmentation_overlay_colours_classes(slice_data):
             )
     legend = fig.axes[-1].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["A", "B"]
+    assert [ax.get_title() for ax in fig.axes] == ["image", "ground truth", "prediction"]
+    named = plots.segmentation_overlay(image, label, probs, ["bg", "A", "B"], colors,
+                                       label_title="sampled label")  # fmt: skip
+    assert named.axes[1].get_title() == "sampled label"
     # a label map as prediction, torch tensors and (C, H, W) images work too
     plots.segmentation_overlay(torch.tensor(image)[None], torch.tensor(label), label,
                                ["bg", "A", "B"], colors)  # fmt: skip
@@ -481,7 +572,14 @@ def test_training_curves_from_a_fit_history():
     val = {ln.get_label(): ln for ln in ax_val.lines}
     assert list(val["fg_dice"].get_ydata()) == [0.5, 0.7]
     assert list(val["fg_ece"].get_xdata()) == [3, 6]
-    assert list(val["best (it. 6)"].get_xdata()) == [6, 6]
+    assert list(val["kept: best fg_dice (it. 6)"].get_xdata()) == [6, 6]
+    legend = ax_val.get_legend()
+    fig.canvas.draw()
+    box = legend.get_window_extent().transformed(ax_val.transAxes.inverted())
+    assert box.x0 >= 1.0  # right of the data, never over it
+    last = plots.training_curves({**history, "select_metric": "last"}).axes[1]
+    labels = [ln.get_label() for ln in last.lines]
+    assert "kept: last weights (it. 6)" in labels and not any("best" in t for t in labels)
     records = [{"iteration": i, "loss": v} for i, v in zip([1, 2], [0.3, 0.2], strict=True)]
     assert list(plots.training_curves(records).axes[0].lines[0].get_ydata()) == [0.3, 0.2]
     with pytest.raises(ValueError, match="no loss"):

@@ -113,7 +113,7 @@ def test_slider_moves_histogram_reliability_overlay_and_marker(sweep):
     share = np.mean(distances(raw[run.path.name]) > 5.0)
     labels = [p.get_label() for p in box.panels["histogram"].axes[0].patches]
     assert any(lab.startswith("CE (") for lab in labels)
-    assert any(f"MbLS m=5 ({share:.1%} > m)" in lab for lab in labels)
+    assert any(f"MbLS m=5 ({share:.1%} > 5)" in lab for lab in labels)
     assert f"{share:.1%}" in box.status.value
     expected = json_metrics(run)
     assert box.markers and {line.get_gid() for _, line in box.markers} == {"dice", "ece", "cece"}
@@ -127,6 +127,7 @@ def test_slider_moves_histogram_reliability_overlay_and_marker(sweep):
     probs = np.load(run.path / "example.npz")["probs"]
     overlay_axes = box.panels["overlay"].axes
     assert overlay_axes[2].get_title() == "prediction"
+    assert overlay_axes[1].get_title() == "test label (sampled)"  # the bundled task's labels
     pred_rgba = [im for im in overlay_axes[2].images if im.get_gid() == "overlay"][0].get_array()
     tissue = probs.argmax(0) == 2
     np.testing.assert_allclose(
@@ -137,6 +138,21 @@ def test_slider_moves_histogram_reliability_overlay_and_marker(sweep):
     box.slider.value = 10.0
     assert box.run.margin == 10.0 and box.image.value != before
     assert all(list(m.get_xdata()) == [10.0] for m, _ in box.markers)
+
+
+def test_sweep_panel_dice_axis_does_not_magnify_tiny_differences(tmp_path):
+    """Dice 0.529-0.534 across margins must not fill the panel (the axis spans >= 0.1)."""
+    for m, dice in ((2, 0.529), (5, 0.534), (10, 0.531)):
+        path, _ = make_run(tmp_path, "mbls", m, 0.1)
+        metrics = json.loads((path / "metrics.json").read_text())
+        (path / "metrics.json").write_text(json.dumps({**metrics, "dice": dice}))
+    box = margin_explorer(find_runs(tmp_path))
+    ax_dsc, ax_cal = box.panels["sweep"].axes
+    lo, hi = ax_dsc.get_ylim()
+    assert hi - lo >= 0.1 - 1e-12 and lo < 0.529 and hi > 0.534
+    assert ax_cal.get_ylim()[0] == 0.0
+    box.slider.value = 5.0
+    assert ax_dsc.get_ylim() == (lo, hi)  # moving the marker keeps the axis
 
 
 def test_summary_toggle_redraws_with_the_per_voxel_mean(sweep):

@@ -226,8 +226,9 @@ def build_mni(
 ) -> DataBundle:
     """The bundled MNI tissue task (see the module docstring).
 
-    Defaults give the over-confident regime of the design notes: sampled labels and a small
-    training set (29 slice positions x 2 subjects = 58 images). ``noise`` is a Gaussian std, or a
+    Defaults give the over-confident regime of the course (CE over-confident after 1000
+    iterations of the tiny U-Net, notebooks 01-03): sampled labels and a small training set
+    (29 slice positions x 2 subjects = 58 images). ``noise`` is a Gaussian std, or a
     ``(lo, hi)`` range a per-subject std is drawn from, on the T1 scaled to [0, 1].
     """
     lo, hi = _check_params(n_train_subjects, n_val_subjects, n_test_subjects, labels, noise, seed)

@@ -100,14 +100,22 @@ def _fraction_from_bins(edges, counts, overflow, margin) -> tuple[float, bool]:
 
 
 def logit_distance_histogram(
-    hists, margin: float | None = None, summary: str = "all", ax=None, normalize: bool = True
+    hists,
+    margin: float | None = None,
+    summary: str = "all",
+    ax=None,
+    normalize: bool = True,
+    margins: Mapping | None = None,
 ):
     """Overlay logit-distance histograms, e.g. ``{"CE": h_ce, "MbLS m=10": h_mbls}``.
 
-    Each curve is a step histogram (share of distances per bin when ``normalize``). With a
-    ``margin`` a vertical line marks ``d = m`` and each legend entry gives the share of distances
-    ``> m`` (exact from the histogram object; "~" marks a value read from bins), and the share
-    beyond the last edge when there is one.
+    Each curve is a step histogram (share of distances per bin when ``normalize``). Each legend
+    entry gives the share of distances ``d > m`` measured at that curve's own margin:
+    ``margins[label]`` when given (e.g. ``{"MbLS m=5": 5, "MbLS m=10": 10}``), else ``margin``
+    (e.g. CE measured at the margin drawn), written as ``"label (24.7% > 5)"`` (exact from the
+    histogram object; "~" marks a value read from bins), plus the share beyond the last edge when
+    there is one. A dashed vertical line marks ``margin`` (``gid="margin"``) and a dotted one in
+    the curve's colour each other margin of ``margins`` (``gid="margin <m>"``).
     ``summary``: ``"all"`` (every non-winning distance) or ``"mean"`` (per-voxel mean over the
     non-winning classes); it is named on the x-axis. Returns the figure.
     """
@@ -115,17 +123,27 @@ def logit_distance_histogram(
         hists = {"run": hists}
     if not isinstance(hists, Mapping) or not hists:
         raise ValueError("hists must be a non-empty dict {label: histogram}")
+    margins = dict(margins or {})
+    unknown = sorted(map(str, set(margins) - set(hists)))
+    if unknown:
+        raise ValueError(f"margins names labels that are not in hists: {unknown}")
     (ax,) = axes_grid(ax, 1, figsize=(6.0, 3.8))
+    drawn = set() if margin is None else {float(margin)}
     for i, (label, source) in enumerate(hists.items()):
-        data = distance_histogram_data(source, summary, margin)
+        own = margins.get(label, margin)
+        own = None if own is None else float(own)
+        data = distance_histogram_data(source, summary, own)
         values = data["counts"] / data["n"] if normalize else data["counts"]
         text = str(label)
-        if margin is not None:
+        if own is not None:
             approx = "" if data["exact"] else "~"
-            text += f" ({approx}{data['fraction_above']:.1%} > m)"
+            text += f" ({approx}{data['fraction_above']:.1%} > {own:g})"
         if data["overflow"]:
             text += f" [{data['overflow'] / data['n']:.1%} beyond {data['edges'][-1]:g}]"
         ax.stairs(values, data["edges"], color=f"C{i}", lw=1.6, label=text, fill=False)
+        if own is not None and own not in drawn:
+            drawn.add(own)
+            ax.axvline(own, color=f"C{i}", ls=":", lw=1.2, gid=f"margin {own:g}")
     if margin is not None:
         ax.axvline(margin, color="k", ls="--", lw=1.2, label=f"margin m = {margin:g}", gid="margin")
     ax.set_xlabel(f"logit distance $d = \\max_j z_j - z_k$ ({SUMMARIES[summary]})")
@@ -140,6 +158,7 @@ def margin_sweep(
     references: Mapping | None = None,
     ax=None,
     highlight: float | None = None,
+    min_dice_span: float = 0.1,
 ):
     """DSC (top) and ECE / CECE (bottom) against the margin ``m``; returns the figure.
 
@@ -147,7 +166,11 @@ def margin_sweep(
     (one curve per alpha). ``references``: ``{label: dict(dice, ece, cece)}`` drawn as horizontal
     lines (e.g. CE and LS). ``highlight``: a margin marked on each curve (artists with
     ``gid="highlight"``, moved in place by the widget). ``ax``: None, one Axes (split) or two.
+    The DSC axis spans at least ``min_dice_span`` (centred on the data, inside [0, 1]) so that
+    differences of a few thousandths do not fill the panel; the calibration axis starts at 0.
     """
+    if not min_dice_span >= 0:
+        raise ValueError(f"min_dice_span must be >= 0, got {min_dice_span}")
     if not rows:
         raise ValueError("rows must hold at least one dict(margin, dice, ece)")
     groups = defaultdict(list)
@@ -191,9 +214,20 @@ def margin_sweep(
     ax_cal.set_ylabel("calibration error")
     ax_cal.set_xlabel("margin m")
     ax_dsc.tick_params(labelbottom=False)
+    _widen(ax_dsc, min_dice_span)
+    ax_cal.set_ylim(bottom=0.0)
     for axis in (ax_dsc, ax_cal):
         axis.legend(fontsize="x-small", loc="best")
     return root_figure(ax_dsc)
+
+
+def _widen(axis, span: float) -> None:
+    """Give ``axis`` a y-range of at least ``span``, centred on the current one, inside [0, 1]."""
+    lo, hi = axis.get_ylim()
+    if hi - lo >= span:
+        return
+    lo = min(max(0.0, (lo + hi - span) / 2), max(0.0, 1.0 - span))
+    axis.set_ylim(lo, lo + span)
 
 
 def _sort_key(alpha):

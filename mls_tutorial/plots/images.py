@@ -76,13 +76,15 @@ def segmentation_overlay(
     class_colors: Sequence,
     ax=None,
     background: int | None = 0,
+    label_title: str = "ground truth",
 ):
     """Image, ground truth and prediction (argmax of probabilities) side by side; returns the figure.
 
     ``image`` ``(H, W)`` or ``(C, H, W)`` (first channel shown), ``label`` ``(H, W)`` class
     indices, ``pred_or_probs`` ``(H, W)`` class indices or ``(K, H, W)`` probabilities. Classes
     are drawn in ``class_colors`` at half opacity, ``background`` (class 0) left transparent.
-    ``ax``: None, one Axes (split) or three.
+    ``ax``: None, one Axes (split) or three. ``label_title`` names the middle panel (e.g.
+    ``"sampled label"`` when the reference is one draw from the true probabilities).
     """
     img = _image_2d(image)
     k = len(class_names)
@@ -99,7 +101,7 @@ def segmentation_overlay(
     pred = _label_map(pred, "pred_or_probs", k, img.shape)
     axes = axes_grid(ax, 3, direction="row", figsize=(10.5, 3.8))
     for axis, title, lab in zip(
-        axes, ("image", "ground truth", "prediction"), (None, gt, pred), strict=True
+        axes, ("image", label_title, "prediction"), (None, gt, pred), strict=True
     ):
         axis.imshow(img, cmap="gray", interpolation="nearest")
         if lab is not None:

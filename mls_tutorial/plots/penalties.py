@@ -1,21 +1,26 @@
 """The constrained-optimisation picture: penalties on the logit distance d and their slopes.
 
 Along a slice where one class leads the other ``K-1`` classes by ``d`` (logits ``(d, 0, ..., 0)``,
-so every non-winning distance equals ``d``), each calibration loss adds to CE a penalty of ``d``:
+so every non-winning distance equals ``d``), each calibration loss adds to CE a penalty of ``d``.
+Weights are normalised as in the library's losses (``MarginLoss`` averages over the ``K``
+classes), so the linear penalty is exactly the linear part of LS:
 
-- linear (equality constraint ``d = 0``): ``P = lam (K-1) d``, ``P' = lam (K-1)``. The slope
-  never vanishes: every distance is pushed to 0, the uniform, non-informative output.
+- linear (equality constraint ``d = 0``, ``MarginLoss(margin=0)`` minus CE):
+  ``P = (lam/K) (K-1) d``, ``P' = lam (K-1)/K``. The slope never vanishes: every distance is
+  pushed to 0, the uniform, non-informative output.
 - LS, exactly: ``L_LS = (1-a) L_CE + (a/K) sum_k d_k + a (LSE(z) - max z)``; on the slice
-  ``P = a (K-1)/K d + a log(1 + (K-1) e^{-d})`` (a linear penalty of weight ``a/K`` plus a term
-  bounded in ``[0, a log K]``), ``P' = a (K-1) (1/K - e^{-d} / (1 + (K-1) e^{-d}))``.
+  ``P = a (K-1)/K d + a log(1 + (K-1) e^{-d})`` (the linear penalty plus a term bounded in
+  ``[0, a log K]`` that vanishes as ``d`` grows),
+  ``P' = a (K-1) (1/K - e^{-d} / (1 + (K-1) e^{-d}))``.
 - ECP: ``-b H(s)`` with ``H = sum_k s_k d_k + log sum_j e^{-d_j}``, maximal at ``d = 0``; shown
   shifted by the constant ``b log K`` so that it is 0 at ``d = 0``:
-  ``P = b (log K - H(d))``, ``P' = b (K-1) d e^{-d} / (1 + (K-1) e^{-d})^2``.
-- margin hinge (MbLS): ``P = lam (K-1) relu(d - m)``, ``P' = lam (K-1) 1[d > m]``: distances
-  inside the margin feel no force. ``m = 0`` gives back the linear penalty for ``d >= 0``.
+  ``P = b (log K - H(d))``, ``P' = b (K-1) d e^{-d} / (1 + (K-1) e^{-d})^2`` (a force that
+  dies as ``d e^{-d}``: far from 0 it hardly acts).
+- margin hinge (MbLS): ``P = (lam/K) (K-1) relu(d - m)``, ``P' = lam (K-1)/K 1[d > m]``:
+  distances inside the margin feel no force. ``m = 0`` gives back the linear penalty.
 
-The same weight ``alpha`` is used for ``lam``, ``a`` and ``b``; ``num_classes=2`` (default) draws
-the simplest slice, a single distance ``d``.
+The same weight ``alpha`` is used for ``lam``, ``a`` and ``b``; ``num_classes=4`` (default) is
+the course's task (background, CSF, grey and white matter).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 from mls_tutorial.plots._common import axes_grid, root_figure
 
 
-def penalty_functions(margin: float = 10.0, alpha: float = 0.1, num_classes: int = 2) -> dict:
+def penalty_functions(margin: float = 10.0, alpha: float = 0.1, num_classes: int = 4) -> dict:
     """``{name: (penalty(d), derivative(d))}`` as numpy functions of the distance ``d >= 0``."""
     if not margin >= 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
@@ -43,8 +48,8 @@ def penalty_functions(margin: float = 10.0, alpha: float = 0.1, num_classes: int
 
     return {
         "linear (equality)": (
-            lambda d: a * (k - 1) * np.asarray(d, dtype=float),
-            lambda d: np.full_like(np.asarray(d, dtype=float), a * (k - 1)),
+            lambda d: a * (k - 1) / k * np.asarray(d, dtype=float),
+            lambda d: np.full_like(np.asarray(d, dtype=float), a * (k - 1) / k),
         ),
         "LS": (
             lambda d: a * (k - 1) / k * d + a * np.log(z_partition(d)),
@@ -55,8 +60,8 @@ def penalty_functions(margin: float = 10.0, alpha: float = 0.1, num_classes: int
             lambda d: a * (k - 1) * d * np.exp(-d) / z_partition(d) ** 2,
         ),
         f"margin (m={margin:g})": (
-            lambda d: a * (k - 1) * np.maximum(np.asarray(d, dtype=float) - margin, 0.0),
-            lambda d: a * (k - 1) * (np.asarray(d, dtype=float) > margin).astype(float),
+            lambda d: a * (k - 1) / k * np.maximum(np.asarray(d, dtype=float) - margin, 0.0),
+            lambda d: a * (k - 1) / k * (np.asarray(d, dtype=float) > margin).astype(float),
         ),
     }
 
@@ -65,7 +70,7 @@ def penalty_curves(
     margin: float = 10.0,
     alpha: float = 0.1,
     ax=None,
-    num_classes: int = 2,
+    num_classes: int = 4,
     d_max: float | None = None,
 ):
     """Penalty (left) and its derivative (right) against ``d`` for linear, LS, ECP and the margin.

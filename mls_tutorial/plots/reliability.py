@@ -2,7 +2,9 @@
 
 Bins ``b`` of equal width on the confidence axis, ``(lo, hi]``. For each non-empty bin: a bar of
 height ``acc_b`` (the accuracy, or for class ``k`` the frequency of ``y = k``), a gap bar from
-``acc_b`` to ``conf_b`` (the mean confidence), and the diagonal ``acc = conf``.
+``acc_b`` to ``conf_b`` (the mean confidence), and the diagonal ``acc = conf``. The gap has two
+colours, both always in the legend: red above the bar where ``conf_b > acc_b`` (over-confident),
+an opaque gold band over the top of the bar where ``conf_b < acc_b`` (under-confident).
 ``ECE = sum_b (n_b / N) |acc_b - conf_b|``. Underneath, the bin counts on a log scale with the
 overall accuracy and mean confidence marked.
 """
@@ -13,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.patches import Patch
 
 from mls_tutorial.plots._common import (
     as_float_array,
@@ -26,6 +29,11 @@ from mls_tutorial.plots._common import (
 )
 
 RELIABILITY_KEYS = ("edges", "counts", "confidence", "accuracy")
+# gap colours: opaque faces (no blend with the accuracy bar underneath), hatched edges
+GAP_STYLES = {
+    "over-confident gap": dict(facecolor="#f4b6b2", edgecolor="#c0392b"),  # conf > acc
+    "under-confident gap": dict(facecolor="#f9e79f", edgecolor="#b7950b"),  # conf < acc
+}
 
 
 def reliability_data(meter_or_dict, cls: int | None = None) -> dict:
@@ -80,7 +88,8 @@ def reliability_diagram(meter_or_dict, cls: int | None = None, ax=None, title: s
     ``cls=None`` is the top-label diagram (ECE); ``cls=k`` the classwise one for class ``k``
     (its mean over classes is CECE). ``ax``: None, one Axes (split into diagram + counts), or two
     Axes ``(diagram, counts)``. Bar containers carry labels ``"accuracy"`` (or ``"frequency"``),
-    ``"gap"`` and ``"counts"``; the ECE/N text has ``gid="annotation"``.
+    ``"over-confident gap"`` (bars from ``acc`` up to ``conf``), ``"under-confident gap"`` (bars
+    from ``conf`` up to ``acc``) and ``"counts"``; the ECE/N text has ``gid="annotation"``.
     """
     rel = reliability_data(meter_or_dict, cls)
     axes = axes_grid(ax, 2, direction="column", ratios=(3, 1), figsize=(4.5, 5.5))
@@ -96,17 +105,22 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
     what = "accuracy" if cls is None else "frequency"
     bars = dict(width=width, align="edge", lw=0.5)
     ax_rel.bar(left, acc, color="C0", edgecolor="k", label=what, **bars)
-    ax_rel.bar(
-        left,
-        conf - acc,
-        bottom=acc,
-        color="C3",
-        alpha=0.35,
-        edgecolor="C3",
-        hatch="//",
-        label="gap",
-        **bars,
-    )
+    over = conf >= acc
+    for name, sel, bottom, top in (
+        ("over-confident gap", over, acc, conf),
+        ("under-confident gap", ~over, conf, acc),
+    ):
+        ax_rel.bar(
+            left[sel],
+            (top - bottom)[sel],
+            bottom=bottom[sel],
+            width=width[sel],
+            align="edge",
+            lw=0.5,
+            hatch="//",
+            label=name,
+            **GAP_STYLES[name],
+        )
     lo, hi = edges[0], edges[-1]
     ax_rel.plot([lo, hi], [lo, hi], "--", color="0.4", lw=1, label="perfect calibration")
     ax_rel.set(xlim=(lo, hi), ylim=(0, 1))
@@ -125,8 +139,17 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
         bbox=box,
         gid="annotation",
     )
-    if legend:
-        ax_rel.legend(loc="upper left", bbox_to_anchor=(0.0, 0.82), fontsize="small")
+    if legend:  # proxies: both gap colours are explained even when one kind of bin is absent
+        handles = [Patch(facecolor="C0", edgecolor="k", label=what)]
+        handles += [Patch(hatch="//", label=n, **style) for n, style in GAP_STYLES.items()]
+        handles += [
+            h
+            for h in ax_rel.get_legend_handles_labels()[0]
+            if h.get_label() == "perfect calibration"
+        ]
+        ax_rel.legend(
+            handles=handles, loc="upper left", bbox_to_anchor=(0.0, 0.82), fontsize="small"
+        )
     if title:
         ax_rel.set_title(title)
 

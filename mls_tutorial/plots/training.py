@@ -59,7 +59,10 @@ def training_curves(history, ax=None):
     """Loss (left) and validation metrics (right) against the iteration; returns the figure.
 
     ``history``: a run's history, a dict of lists (or a list of per-step dicts); scalars are
-    ignored except ``best_iteration`` (a dotted line). ``ax``: None, one Axes (split) or two.
+    ignored except ``best_iteration`` (a dotted line at the iteration whose weights were kept),
+    labelled from ``select_metric``: ``"kept: last weights (it. N)"`` for ``"last"``,
+    ``"kept: best fg_dice (it. N)"`` for ``"val_fg_dice"``. The validation legend sits outside
+    the axes, right of the data. ``ax``: None, one Axes (split) or two.
     """
     train_x, train, val_x, val = split_history(history)
     ax_loss, ax_val = axes_grid(ax, 2, direction="row", figsize=(10.0, 3.6))
@@ -69,14 +72,26 @@ def training_curves(history, ax=None):
         ax_val.plot(val_x, y, "o-", color=f"C{i}", ms=3, lw=1.2, label=key.removeprefix("val_"))
     best = history.get("best_iteration") if isinstance(history, Mapping) else None
     if best is not None and val:
-        ax_val.axvline(float(best), color="0.5", ls=":", lw=1, label=f"best (it. {best})")
+        label = kept_label(history.get("select_metric"), best)
+        ax_val.axvline(float(best), color="0.5", ls=":", lw=1, label=label, gid="kept")
     ax_loss.set(xlabel="iteration", ylabel="training loss", title="training loss")
     ax_val.set(xlabel="iteration", ylabel="validation metric", title="validation")
     for axis, series in ((ax_loss, train), (ax_val, val)):
-        if series:
+        if series and axis is ax_val:  # many series: the legend goes right of the axes
+            axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        elif series:
             axis.legend(fontsize="small")
         else:
             axis.text(
                 0.5, 0.5, "no data in history", ha="center", va="center", transform=axis.transAxes
             )
     return root_figure(ax_loss)
+
+
+def kept_label(select_metric, iteration) -> str:
+    """Legend text of the kept-weights marker: never says "best" for the last weights."""
+    if select_metric == "last":
+        return f"kept: last weights (it. {iteration})"
+    if select_metric:
+        return f"kept: best {str(select_metric).removeprefix('val_')} (it. {iteration})"
+    return f"kept weights (it. {iteration})"
