@@ -652,119 +652,15 @@ def save_figures(run: Run) -> list[Path]:
     return written
 
 
-# ----------------------------------------------------------------------------- results tables
+# ------------------------------------------------------------- tables moved to results.py
 
-#: metrics.json key -> column header of the results table
-TABLE_COLUMNS = {
-    "dice": "DSC",
-    "hd95": "HD95 (mm)",
-    "ece": "ECE (fg)",
-    "cece": "CECE (fg)",
-    "ece_all": "ECE (all)",
-    "gap": "conf - acc (fg)",
-    "prob_gap": "abs(p - q) (fg)",
-    "temperature": "T",
-}
-_LOSS_ORDER = ("ce", "ce_dice", "focal", "ls", "ecp", "svls", "nacl", "mbls")
+_MOVED = ("TABLE_COLUMNS", "results_table", "format_markdown", "format_csv", "write_results")
 
 
-def results_table(runs: list[Run]) -> list[dict[str, Any]]:
-    """One row per config up to the seed: mean, spread (sample std) and values over seeds.
+def __getattr__(name: str):
+    """Result tables live in ``mls_tutorial.results`` now; the old import path still works."""
+    if name in _MOVED:
+        from mls_tutorial import results
 
-    Row keys: ``method`` (label), ``loss``, ``margin``, ``temperature_scaling``, ``seeds``,
-    ``n_seeds``, ``runs`` (folder names), and for each ``TABLE_COLUMNS`` key ``k``: ``k`` (mean
-    over seeds, None if unavailable), ``k_std`` (None for one seed) and ``k_values``.
-    """
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run_key({**run.config, "seed": 0}), []).append(run)
-    rows = []
-    for members in groups.values():
-        members = sorted(members, key=lambda r: r.config["seed"])
-        cfg = members[0].config
-        row: dict[str, Any] = {
-            "method": members[0].label,
-            "loss": cfg["loss"],
-            "margin": members[0].margin,
-            "temperature_scaling": cfg["temperature_scaling"],
-            "seeds": [r.config["seed"] for r in members],
-            "n_seeds": len(members),
-            "runs": [r.name for r in members],
-        }
-        for key in TABLE_COLUMNS:
-            values = [r.metrics.get(key) for r in members]
-            finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-            row[f"{key}_values"] = values
-            row[key] = float(np.mean(finite)) if finite else None
-            row[f"{key}_std"] = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
-        rows.append(row)
-    order = {name: i for i, name in enumerate(_LOSS_ORDER)}
-    return sorted(
-        rows,
-        key=lambda r: (
-            r["temperature_scaling"] and r["loss"] == "ce",
-            order.get(r["loss"], len(order)),
-            r["margin"] or 0.0,
-            r["temperature_scaling"],
-        ),
-    )
-
-
-def _cell(mean: float | None, std: float | None, key: str) -> str:
-    if mean is None:
-        return "-"
-    digits = 2 if key in ("hd95", "temperature") else 3
-    text = f"{mean:.{digits}f}"
-    return text + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
-def format_markdown(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
-    """A Markdown table of ``results_table`` rows (mean ± sample std over seeds)."""
-    columns = columns or tuple(k for k in TABLE_COLUMNS if any(r.get(k) is not None for r in rows))
-    head = ["method", "seeds", *(TABLE_COLUMNS[k] for k in columns)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for r in rows:
-        cells = [r["method"], str(r["n_seeds"]), *(_cell(r[k], r[f"{k}_std"], k) for k in columns)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def format_csv(rows: list[dict[str, Any]]) -> str:
-    """CSV of ``results_table`` rows: method, loss, margin, n_seeds, then ``k_mean, k_std``."""
-    import csv
-    import io
-
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    head = ["method", "loss", "margin", "temperature_scaling", "n_seeds", "seeds"]
-    writer.writerow(head + [f"{k}_{s}" for k in TABLE_COLUMNS for s in ("mean", "std")])
-    for r in rows:
-        fixed = [
-            r["method"],
-            r["loss"],
-            r["margin"],
-            r["temperature_scaling"],
-            r["n_seeds"],
-            " ".join(map(str, r["seeds"])),
-        ]
-        writer.writerow(
-            fixed
-            + [
-                r[k] if s == "mean" else r[f"{k}_std"]
-                for k in TABLE_COLUMNS
-                for s in ("mean", "std")
-            ]
-        )
-    return out.getvalue()
-
-
-def write_results(rows: list[dict[str, Any]], out_dir: str | Path, name: str = "results") -> dict:
-    """Write ``<name>.md``, ``<name>.csv`` and ``<name>.json`` atomically; returns their paths."""
-    from mls_tutorial.train.checkpoint import atomic_write
-
-    out_dir = Path(out_dir)
-    paths = {ext: out_dir / f"{name}.{ext}" for ext in ("md", "csv", "json")}
-    atomic_write(paths["md"], lambda f: f.write(format_markdown(rows).encode()))
-    atomic_write(paths["csv"], lambda f: f.write(format_csv(rows).encode()))
-    write_json(rows, paths["json"])
-    return paths
+        return getattr(results, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
