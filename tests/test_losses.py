@@ -15,13 +15,18 @@ from hypothesis import strategies as st
 
 from mls_tutorial.losses import (
     LOSS_NAMES,
+    ACLSLoss,
+    CALSLoss,
     ConfidencePenaltyLoss,
     CrossEntropyLoss,
     DiceCELoss,
     FocalLoss,
+    HardL1ACELoss,
     LabelSmoothingLoss,
     MarginLoss,
+    MDCALoss,
     NACLLoss,
+    SoftL1ACELoss,
     SVLSLoss,
     build_loss,
     logit_distances,
@@ -539,6 +544,11 @@ EXPECTED_CLASSES = {
     "svls": SVLSLoss,
     "mbls": MarginLoss,
     "nacl": NACLLoss,
+    "cals": CALSLoss,
+    "acls": ACLSLoss,
+    "mdca": MDCALoss,
+    "hl1ace": HardL1ACELoss,
+    "sl1ace": SoftL1ACELoss,
 }
 
 

@@ -1,4 +1,4 @@
-"""Segmentation losses for calibration: MbLS and every baseline of the paper.
+"""Segmentation losses for calibration: MbLS, every baseline of the paper, and newer ones.
 
 Every loss is an ``nn.Module`` called as ``loss(logits, target)`` with logits ``(N, K, *spatial)``
 (0 to 3 spatial dims) and integer labels ``(N, *spatial)`` or ``(N, 1, *spatial)``; it returns
@@ -9,7 +9,12 @@ precision logits are upcast to float32 and autocast is switched off inside the l
     loss_fn = build_loss("mbls", margin=10.0, alpha=0.1)
 
 Names for :func:`build_loss`: ``ce``, ``ce_dice``, ``focal``, ``ls``, ``ecp``, ``svls``, ``mbls``,
-``nacl`` (``LOSS_NAMES``). MONAI is imported only by ``DiceCELoss`` and ``NACLLoss``.
+``nacl``, and the newer ``cals`` (class-adaptive multipliers), ``acls``, ``mdca``, ``hl1ace``,
+``sl1ace`` (``LOSS_NAMES``). Every loss builds with no argument. MONAI is imported only by
+``DiceCELoss``, ``NACLLoss`` and the L1-ACE losses (their Dice term).
+
+A loss with state that validation updates (``CALSLoss``) implements :class:`AdaptiveLoss`;
+``fit`` drives it (``adaptive.py``).
 
 Every loss also takes ``validate=True``: the value checks (finite logits, labels in range) cost
 one fused reduction and one device sync per call; pass False in hot loops once the data are
@@ -22,23 +27,34 @@ from __future__ import annotations
 from torch import nn
 
 from ._base import PixelLoss
+from .acls import ACLSLoss
+from .adaptive import AdaptiveLoss, CALSLoss, is_adaptive
 from .baselines import ConfidencePenaltyLoss, CrossEntropyLoss, FocalLoss, LabelSmoothingLoss
+from .calibration_error import HardL1ACELoss, MDCALoss, SoftL1ACELoss, l1_ace
 from .dice import DiceCELoss
 from .margin import MarginLoss, logit_distances
 from .spatial import NACLLoss, SVLSLoss, svls_kernel
 
 __all__ = [
     "LOSS_NAMES",
+    "ACLSLoss",
+    "AdaptiveLoss",
+    "CALSLoss",
     "ConfidencePenaltyLoss",
     "CrossEntropyLoss",
     "DiceCELoss",
     "FocalLoss",
+    "HardL1ACELoss",
     "LabelSmoothingLoss",
+    "MDCALoss",
     "MarginLoss",
     "NACLLoss",
     "PixelLoss",
     "SVLSLoss",
+    "SoftL1ACELoss",
     "build_loss",
+    "is_adaptive",
+    "l1_ace",
     "logit_distances",
     "svls_kernel",
 ]
@@ -52,6 +68,11 @@ _LOSSES: dict[str, type[PixelLoss]] = {
     "svls": SVLSLoss,
     "mbls": MarginLoss,
     "nacl": NACLLoss,
+    "cals": CALSLoss,
+    "acls": ACLSLoss,
+    "mdca": MDCALoss,
+    "hl1ace": HardL1ACELoss,
+    "sl1ace": SoftL1ACELoss,
 }
 LOSS_NAMES: tuple[str, ...] = tuple(_LOSSES)
 
