@@ -7,6 +7,12 @@ validation volumes (no HD95) and the weights with the best ``select_metric`` are
 RNG states, history, best weights) is written atomically every ``checkpoint_every`` iterations;
 ``resume=True`` continues from it. A NaN/inf loss raises ``FloatingPointError`` naming the
 iteration, and the last good checkpoint stays on disk.
+
+A loss that implements ``mls_tutorial.losses.AdaptiveLoss`` (CALS) sees every validation pass:
+``begin_validation()``, ``observe(logits, labels)`` per validation volume (the logits of the
+evaluation itself, no second forward pass), then ``end_validation(all_reduce)`` with a sum across
+ranks. Its ``adaptive_state_dict()`` is in the checkpoint and its ``history()`` is appended to
+``history["loss_state"]`` after each validation.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 import torch
 
 from mls_tutorial.device import amp_dtype, autocast, pick_device
+from mls_tutorial.losses.adaptive import is_adaptive
 from mls_tutorial.train import distributed as dist_utils
 from mls_tutorial.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -119,7 +126,9 @@ def fit(
 
     History (``dict`` of lists plus a few scalars): ``iteration``, ``loss`` (mean over ranks),
     ``val_iteration``, ``val_fg_dice``, ``val_fg_ece``, ... , ``lr``, ``best_iteration``,
-    ``best_value``, ``select_metric``, ``seconds``, ``images_per_second``.
+    ``best_value``, ``select_metric``, ``seconds``, ``images_per_second``; with an adaptive loss
+    also ``loss_state`` (one ``loss_fn.history()`` dict per validation, e.g. CALS's ``lambda``
+    and ``rho`` per class).
     """
     _check_positive_int("iterations", iterations)
     _check_positive_int("batch_size", batch_size)
@@ -217,6 +226,9 @@ class _Trainer:
         self.history: dict[str, Any] = {"iteration": [], "loss": [], "val_iteration": [], "lr": []}
         self.history.update({k: [] for k in VAL_METRICS})
         self.history.update(select_metric=select_metric, best_iteration=None, best_value=None)
+        self.adaptive = loss_fn if is_adaptive(loss_fn) else None
+        if self.adaptive is not None:
+            self.history["loss_state"] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         self.start, self.last_saved = 0, None
         self.pending: list[torch.Tensor] = []
@@ -243,6 +255,13 @@ class _Trainer:
             if part is not None and ckpt.get(name) is not None:
                 part.load_state_dict(ckpt[name])
         self.history, self.best_state = ckpt["history"], ckpt["best_model"]
+        if self.adaptive is not None:
+            if ckpt.get("loss_state") is None:
+                raise ValueError(
+                    f"cannot resume {path}: it holds no state for the adaptive loss "
+                    f"{type(self.adaptive).__name__} (was it trained with another loss?)"
+                )
+            self.adaptive.load_adaptive_state_dict(ckpt["loss_state"])
         self.start = self.last_saved = int(ckpt["iteration"])
         set_rng_state(ckpt["rng"])
 
@@ -263,6 +282,9 @@ class _Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None,
                 "history": self.history,
                 "rng": rng_state(),
+                "loss_state": (
+                    self.adaptive.adaptive_state_dict() if self.adaptive is not None else None
+                ),
             }
             save_checkpoint(state, self.ckpt_path)
         self.last_saved = iteration
@@ -308,8 +330,20 @@ class _Trainer:
         self.history["iteration"].extend(range(first, iteration + 1))
         self.history["loss"].extend(values)
 
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over ranks, on this rank's device (NCCL needs CUDA tensors)."""
+        if not dist_utils.is_distributed():
+            return tensor
+        return dist_utils.all_reduce_sum(tensor.to(self.device)).cpu()
+
     def validate(self, iteration: int) -> None:
-        """Evaluate on the validation volumes, record ``val_*`` series, keep the best weights."""
+        """Evaluate on the validation volumes, record ``val_*`` series, keep the best weights.
+
+        An adaptive loss observes the validation logits and updates its state at the end.
+        """
+        adaptive = self.adaptive
+        if adaptive is not None:
+            adaptive.begin_validation()
         res = evaluate(
             self.net,
             self.val_volumes,
@@ -318,8 +352,12 @@ class _Trainer:
             amp=self.amp,
             hd95=False,
             class_names=getattr(self.data, "class_names", None),
+            on_logits=None if adaptive is None else adaptive.observe,
         )
         h = self.history
+        if adaptive is not None:
+            adaptive.end_validation(self._all_reduce)
+            h["loss_state"].append(adaptive.history())
         h["val_iteration"].append(iteration)
         h["lr"].append(self.optimizer.param_groups[0]["lr"])
         for key, src in VAL_METRICS.items():

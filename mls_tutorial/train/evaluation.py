@@ -20,7 +20,7 @@ order), so every rank gets the numbers a single process computes on all volumes.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -120,6 +120,7 @@ def evaluate(
     hd95: bool = True,
     class_names: Sequence[str] | None = None,
     n_bins: int = 15,
+    on_logits: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on whole ``volumes``; keys as in ``docs/architecture.md``.
 
@@ -129,6 +130,9 @@ def evaluate(
     surface distances (fast validation during training). Dice and HD95 exclude the background.
     Volumes with true probabilities ``prob`` add ``tce``, ``ece_true``, ``prob_gap`` (see
     ``metrics.truth``) and ``dice_bayes`` (Dice against ``argmax prob``).
+    ``on_logits(logits, labels)``, when given, sees each volume's logits ``(S, K, H, W)`` (after
+    the temperature) and labels ``(S, H, W)`` on ``device``, this rank's volumes only (how ``fit``
+    feeds an adaptive loss without a second forward pass).
     Under torch.distributed every rank must call it (collectives inside).
     """
     check_temperature(temperature)
@@ -139,7 +143,10 @@ def evaluate(
 
     def logits_of(vol) -> torch.Tensor:
         logits = predict_logits(net, vol.image, device=device, batch_size=batch_size, amp=amp)
-        return logits if temperature is None else logits / temperature
+        logits = logits if temperature is None else logits / temperature
+        if on_logits is not None:
+            on_logits(logits, vol.label.to(device))
+        return logits
 
     try:
         out = _evaluate_volumes(
