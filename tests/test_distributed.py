@@ -19,8 +19,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mls_tutorial.data import build_data
+from mls_tutorial.losses import CALSLoss
 from mls_tutorial.models import build_unet
 from mls_tutorial.train import CHECKPOINT_NAME, evaluate, fit, load_checkpoint
+from mls_tutorial.train.distributed import all_reduce_sum
 
 DATA = dict(n_train=16, size=32, slices=3, n_val=2, n_test=3, seed=4)
 
@@ -34,6 +36,20 @@ def _free_port() -> int:
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     return build_unet(1, 4, "tiny")
+
+
+def _cals_probe() -> CALSLoss:
+    """CALS with set multipliers (so that every branch of the update is exercised)."""
+    loss = CALSLoss(num_classes=4, margin=2.0, rho_step=1)
+    loss.lambdas, loss.rho = [0.1, 0.5, 1.0, 2.0], [1.0, 2.0, 3.0, 4.0]
+    return loss
+
+
+def _probe_update(loss: CALSLoss, volumes, reduce=None) -> None:
+    """One validation pass of ``loss`` over ``volumes`` through ``evaluate(on_logits=)``."""
+    loss.begin_validation()
+    evaluate(_model(), volumes, 4, device="cpu", hd95=False, on_logits=loss.observe)
+    loss.end_validation(reduce)
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -60,6 +76,24 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save(
             {"params": model.state_dict(), "history": history},
             os.path.join(out, f"train_{rank}.pt"),
+        )
+        cals = CALSLoss(margin=0.1, rho_step=1)
+        cals_history = fit(
+            _model(),
+            cals,
+            data,
+            iterations=4,
+            batch_size=2,
+            device="cpu",
+            progress=False,
+            val_every=2,
+            run_dir=os.path.join(out, "run_cals"),
+        )
+        probe = _cals_probe()
+        _probe_update(probe, data.test, all_reduce_sum)  # uneven shards: 1 and 2 volumes
+        torch.save(
+            {"cals": cals.adaptive_state_dict(), "history": cals_history, "probe": probe.history()},
+            os.path.join(out, f"cals_{rank}.pt"),
         )
     finally:
         dist.destroy_process_group()
@@ -120,6 +154,31 @@ def test_ddp_training_keeps_ranks_in_sync_and_rank0_writes(two_ranks):
     ckpt = load_checkpoint(two_ranks / "run" / CHECKPOINT_NAME)
     assert ckpt["iteration"] == 4
     assert [p.name for p in (two_ranks / "run").iterdir()] == [CHECKPOINT_NAME]
+
+
+def test_cals_multipliers_are_all_reduced_and_in_sync(two_ranks):
+    r0 = torch.load(two_ranks / "cals_0.pt", weights_only=True)
+    r1 = torch.load(two_ranks / "cals_1.pt", weights_only=True)
+    for key in ("lambdas", "rho", "prev_constraint"):
+        assert torch.equal(r0["cals"][key], r1["cals"][key]), key
+    assert r0["cals"]["validations"] == 2 and len(r0["history"]["loss_state"]) == 2
+    assert r0["history"]["loss_state"] == r1["history"]["loss_state"]
+    assert r0["cals"]["lambdas"].tolist() != [1e-6] * 4  # validation moved them
+    ckpt = load_checkpoint(two_ranks / "run_cals" / CHECKPOINT_NAME)
+    assert torch.equal(ckpt["loss_state"]["lambdas"], r0["cals"]["lambdas"])
+    # the pooled update over 2 ranks equals one process over every volume
+    data = build_data("synthetic", **DATA)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = _cals_probe()
+        _probe_update(single, data.test)
+    finally:
+        torch.set_num_threads(threads)
+    for rank_probe in (r0["probe"], r1["probe"]):
+        for key in ("lambda", "rho", "constraint"):
+            assert rank_probe[key] == pytest.approx(single.history()[key], rel=1e-12), key
+    assert single.history()["lambda"] != _cals_probe().history()["lambda"]
 
 
 def test_single_process_ddp_helpers_are_identities():
