@@ -10,6 +10,7 @@ shared machine), at (16, 4, 128, 128) and (2, 4, 64, 64, 64), on CPU and, when p
     python benchmarks/bench_losses.py             # full run
     python benchmarks/bench_losses.py --quick     # a short run
     python benchmarks/bench_losses.py --threads 1 --clock cpu   # on a busy shared CPU
+    python benchmarks/bench_losses.py --losses cals,acls,mdca --no-step   # some losses only
 """
 
 from __future__ import annotations
@@ -32,12 +33,17 @@ def naive_mbls(logits, target, margin=10.0, alpha=0.1):
     return F.cross_entropy(logits, target) + alpha * F.relu(d - margin).mean()
 
 
-def candidates(with_monai: bool, cuda: bool = False, compiled: bool = False) -> dict:
+def candidates(
+    with_monai: bool, cuda: bool = False, compiled: bool = False, only: list[str] | None = None
+) -> dict:
+    """CE first (the reference), then every loss of ``only`` (default: all, plus MbLS variants)."""
     losses = {"ce (F.cross_entropy)": F.cross_entropy}
-    for name in LOSS_NAMES:
-        if name in ("ce_dice", "nacl") and not with_monai:
+    for name in only or LOSS_NAMES:
+        if name in ("ce_dice", "nacl", "hl1ace", "sl1ace") and not with_monai:
             continue
         losses[name] = build_loss(name)
+    if only:
+        return losses
     losses["mbls validate=False"] = build_loss("mbls", validate=False)
     if cuda:  # on CUDA "mbls" is the fused Triton kernel; this is the eager version
         losses["mbls eager (fused=False)"] = build_loss("mbls", fused=False)
@@ -133,9 +139,18 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--no-step", action="store_true", help="skip the U-Net training step")
     p.add_argument(
+        "--losses",
+        default=None,
+        help="comma-separated loss names to time against CE (default: every loss)",
+    )
+    p.add_argument(
         "--compile", action="store_true", help="add torch.compile'd CE and naive MbLS (CUDA only)"
     )
     args = p.parse_args(argv)
+    only = args.losses.split(",") if args.losses else None
+    unknown = sorted(set(only or []) - set(LOSS_NAMES))
+    if unknown:
+        p.error(f"unknown loss names {unknown}; valid: {', '.join(LOSS_NAMES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = args.rounds or (3 if args.quick else 11)
@@ -158,7 +173,10 @@ def main(argv=None) -> None:
     )
     for dev in devices:
         losses = candidates(
-            with_monai, cuda=dev.type == "cuda", compiled=args.compile and dev.type == "cuda"
+            with_monai,
+            cuda=dev.type == "cuda",
+            compiled=args.compile and dev.type == "cuda",
+            only=only,
         )
         clock = Clock(dev, args.clock if dev.type == "cpu" else "wall")
         if dev.type == "cuda":
