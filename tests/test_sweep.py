@@ -1,0 +1,149 @@
+"""Sweeps: grid syntax, families, parallel workers, and one writer per run folder (the lock)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mls_tutorial.runs import CONFIG_FILE, METRICS_FILE, load_or_train, run_name
+from mls_tutorial.sweep import expand_grid, family, parse_grid, train_configs
+
+DATA = {"n_train": 8, "size": 16, "slices": 2, "n_val": 1, "n_test": 1, "seed": 3}
+BASE = {"data": "synthetic", "data_params": DATA, "batch_size": 4, "val_every": 0}
+
+
+def cfg(**kw):
+    return {**BASE, "iterations": 3, **kw}
+
+
+# ------------------------------------------------------------------------------ grids
+
+
+def test_parse_and_expand_grids():
+    assert parse_grid("ce") == ("ce", {})
+    assert expand_grid(*parse_grid("ce")) == [{}]
+    loss, knobs = parse_grid("mbls:margin=3,5,10:alpha=0.1,0.3")
+    assert loss == "mbls" and knobs == {"margin": [3, 5, 10], "alpha": [0.1, 0.3]}
+    combos = expand_grid(loss, knobs)
+    assert len(combos) == 6 and {"margin": 10, "alpha": 0.3} in combos
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("hinge:alpha=1", "unknown loss"),
+        ("ls:gamma=1", "ls has no parameter 'gamma'"),
+        ("ls:alpha", "expected KEY=V1,V2"),
+        ("ls:alpha=0.1:alpha=0.2", "given twice"),
+        ("ls:alpha=0.1,x y", "not a number"),
+    ],
+)
+def test_bad_grids_name_the_problem(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_grid(text)
+
+
+def test_families():
+    assert family({"loss": "mbls", "loss_kwargs": {"margin": 0.0}}) == "linear"
+    assert family({"loss": "mbls", "loss_kwargs": {"margin": 5.0}}) == "mbls"
+    assert family({"loss": "ce", "temperature_scaling": True}) == "ce_ts"
+    assert family({"loss": "ls", "loss_kwargs": {"alpha": 0.3}}) == "ls"
+
+
+def test_workers_train_in_parallel_processes_and_keep_config_order(tmp_path):
+    configs = [cfg(loss="ls", loss_kwargs={"alpha": a}) for a in (0.1, 0.3)] + [cfg(loss="ce")]
+    runs = train_configs(configs, tmp_path, workers=2, device="cpu", progress=False, log=None)
+    assert [r.config["loss"] for r in runs] == ["ls", "ls", "ce"]
+    assert [r.config["loss_kwargs"].get("alpha") for r in runs[:2]] == [0.1, 0.3]
+    assert all((r.path / METRICS_FILE).is_file() and not r.cached for r in runs)
+    again = train_configs(configs, tmp_path, workers=1, device="cpu", progress=False, log=None)
+    assert all(r.cached for r in again)  # a worker's run is found by the next sweep
+    with pytest.raises(ValueError, match="workers"):
+        train_configs(configs, tmp_path, workers=0)
+
+
+# -------------------------------------------------------------------------------- lock
+
+_CHILD = textwrap.dedent(
+    """
+    import json, pathlib, sys, time
+    from mls_tutorial.runs import get_data, load_or_train
+    config, root = json.loads(sys.argv[1]), sys.argv[2]
+    get_data(config)  # imports and data ready before "go"
+    while len(sys.argv) > 3 and not pathlib.Path(sys.argv[3]).exists():  # wait for "go"
+        time.sleep(0.01)
+    run = load_or_train(config, root, device="cpu", progress=False, figures=False)
+    print("RESULT", json.dumps({"cached": run.cached, "ece": run.metrics["ece"]}), flush=True)
+    """
+)
+
+
+def _start(config, root, go: Path | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    extra = [] if go is None else [str(go)]
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, json.dumps(config), str(root), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"child exited early:\n{proc.stdout.read()}")
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
+
+
+def test_two_processes_asking_for_one_run_train_it_once(tmp_path):
+    config = cfg(loss="ce", iterations=1500)
+    folder, go = tmp_path / run_name(config), tmp_path / "go"
+    second = _start(config, tmp_path, go)  # imports now, asks for the run on "go"
+    first = _start(config, tmp_path)
+    _wait_for(folder / CONFIG_FILE, first)  # the first holds the lock and trains
+    go.touch()
+    out1, _ = first.communicate(timeout=600)
+    out2, _ = second.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode == 0, out1 + out2
+    assert "[train]" in out1 and "[train]" not in out2, out2
+    assert "[wait]" in out2 and "[cached]" in out2, out2
+    r1 = json.loads(out1.split("RESULT ")[1])
+    r2 = json.loads(out2.split("RESULT ")[1])
+    assert (r1["cached"], r2["cached"]) == (False, True) and r1["ece"] == r2["ece"]
+
+
+def test_a_crashed_holder_never_blocks_and_its_run_resumes(tmp_path):
+    config = cfg(loss="ce", iterations=400, val_every=20)  # checkpoints every 20 iterations
+    folder = tmp_path / run_name(config)
+    holder = _start(config, tmp_path)
+    _wait_for(folder / "checkpoint.pt", holder)
+    holder.send_signal(signal.SIGKILL)  # dies holding the lock, mid-training
+    holder.wait(timeout=60)
+    assert not (folder / METRICS_FILE).exists()
+    messages = []
+    t0 = time.monotonic()
+    run = load_or_train(
+        config,
+        tmp_path,
+        device="cpu",
+        progress=False,
+        figures=False,
+        log=messages.append,
+    )
+    assert time.monotonic() - t0 < 300
+    assert not any(m.startswith("[wait]") for m in messages), messages
+    assert any("resuming from checkpoint" in m for m in messages), messages
+    assert (run.path / METRICS_FILE).is_file() and run.history["iteration"][-1] == 400
