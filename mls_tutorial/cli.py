@@ -25,7 +25,23 @@ from typing import Any
 
 from mls_tutorial import __version__
 
-LOSSES = ("ce", "ce_dice", "focal", "ls", "ecp", "svls", "mbls", "nacl")
+#: ``mls_tutorial.losses.LOSS_NAMES`` (written out: the CLI imports no torch before parsing;
+#: tests/test_cli.py checks that the two agree)
+LOSSES = (
+    "ce",
+    "ce_dice",
+    "focal",
+    "ls",
+    "ecp",
+    "svls",
+    "mbls",
+    "nacl",
+    "cals",
+    "acls",
+    "mdca",
+    "hl1ace",
+    "sl1ace",
+)
 PRESETS = ("tiny", "small", "paper")
 SELECT_METRICS = (
     "last",
@@ -336,6 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="where the table and comparison figures go (default: ROOT)"
     )
     p.add_argument("--name", default="report", help="file stem of the table")
+    p.add_argument(
+        "--choose-on",
+        choices=("val",),
+        default=None,
+        help="also choose each family's config on VALIDATION numbers only and write "
+        "chosen.md (test numbers of the chosen configs, paired differences to CE) and grid.md. "
+        "Rule: among a family's configs whose mean validation foreground DSC is within "
+        "--dice-tolerance of CE's, the lowest mean validation foreground ECE (means over the "
+        "seeds CE and the family share). Families: the loss, MbLS m=0 apart as 'linear'",
+    )
+    p.add_argument(
+        "--dice-tolerance",
+        type=_nonneg_float,
+        default=0.01,
+        help="how far below CE's validation DSC a config may be and stay eligible (1 point)",
+    )
     return parser
 
 
@@ -444,7 +476,7 @@ def _echo(text: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from mls_tutorial.runs import format_markdown, results_table
+    from mls_tutorial.results import format_markdown, results_table
 
     _resolve(args, DEMO_DEFAULTS)
     cfg = _config(args, args.loss, args.seed, args.margin, ts=args.temperature_scaling)
@@ -480,7 +512,7 @@ def _sweep_configs(args) -> list[dict]:
 
 
 def cmd_sweep(args) -> int:
-    from mls_tutorial.runs import format_markdown, results_table, write_results
+    from mls_tutorial.results import format_markdown, results_table, write_results
     from mls_tutorial.sweep import train_configs
 
     _resolve(args, DEMO_DEFAULTS)
@@ -505,7 +537,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from mls_tutorial.runs import format_markdown, results_table, write_results
+    from mls_tutorial.results import format_markdown, results_table, write_results
 
     _resolve(args, FAST_DEFAULTS if args.fast else DEMO_DEFAULTS)
     runs = _train_all(args, _grid(args, args.losses, [args.margin], [args.seed]))
@@ -545,7 +577,8 @@ def _demo_summary(rows: list[dict]) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from mls_tutorial.runs import TABLE_COLUMNS, get_data
+    from mls_tutorial.results import TABLE_COLUMNS
+    from mls_tutorial.runs import get_data
     from mls_tutorial.train import evaluate, fit_temperature, write_json
 
     device = _device(args)
@@ -592,13 +625,8 @@ def _load_for_eval(folder: str):
 
 
 def cmd_report(args) -> int:
-    from mls_tutorial.runs import (
-        find_runs,
-        format_markdown,
-        results_table,
-        save_figures,
-        write_results,
-    )
+    from mls_tutorial.results import format_markdown, results_table, write_results
+    from mls_tutorial.runs import find_runs, save_figures
 
     runs = find_runs(args.root)
     if not runs:
@@ -614,9 +642,69 @@ def cmd_report(args) -> int:
     paths = write_results(rows, out, args.name)
     figs = _comparison_figures(runs, out)
     print(format_markdown(rows))
+    if args.choose_on:
+        chosen_paths, chosen_figs = _choose(runs, rows, out, args.dice_tolerance)
+        paths.update(chosen_paths)
+        figs += chosen_figs
     print("figures: " + ", ".join(str(p) for p in figs))
-    print("table: " + ", ".join(str(p) for p in paths.values()))
+    print("tables: " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _choose(runs, rows, out: Path, dice_tolerance: float) -> tuple[dict, list[Path]]:
+    """``report --choose-on val``: chosen.md/.json, grid.md, the weight sweep figure."""
+    from mls_tutorial.results import choose_on_validation, chosen_markdown, grid_markdown
+    from mls_tutorial.train import write_json
+    from mls_tutorial.train.checkpoint import atomic_write
+
+    chosen = choose_on_validation(rows, dice_tolerance=dice_tolerance)
+    reference = _reference_row(runs)
+    md = chosen_markdown(chosen, extra_rows=[reference] if reference else ())
+    grid = grid_markdown(rows, chosen)
+    paths = {
+        "chosen": out / "chosen.md",
+        "chosen_json": out / "chosen.json",
+        "grid": out / "grid.md",
+    }
+    atomic_write(paths["chosen"], lambda f: f.write(md.encode()))
+    atomic_write(paths["grid"], lambda f: f.write(grid.encode()))
+    records = [{**c, "chosen": c["chosen"]["method"]} for c in chosen]
+    write_json(
+        {"dice_tolerance": dice_tolerance, "families": records, "reference": reference},
+        paths["chosen_json"],
+    )
+    print("Chosen on validation (test numbers; paired differences to CE on the same seeds):")
+    print(md)
+    return paths, _weight_figure(rows, out)
+
+
+def _reference_row(runs) -> dict | None:
+    """The true probabilities q scored on the test volumes (data with ``Volume.prob`` only)."""
+    from mls_tutorial.runs import get_data
+    from mls_tutorial.train import evaluate_true_probabilities
+
+    data = get_data(runs[0].config)
+    if any(v.prob is None for v in data.test):
+        return None
+    res = evaluate_true_probabilities(data.test, data.num_classes, class_names=data.class_names)
+    row = {k: res[k] for k in ("dice", "dice_bayes", "hd95", "ece", "ece_true", "tce", "gap")}
+    row["per_class_dice"] = {n: v["dice"] for n, v in res["per_class"].items()}
+    return {"family": "reference", "method": "true probabilities q", **row}
+
+
+def _weight_figure(rows, out: Path) -> list[Path]:
+    from matplotlib.figure import Figure
+
+    from mls_tutorial import plots
+
+    if not plots.weight_curves(rows):
+        return []
+    refs = {r["method"]: r for r in rows if r["family"] == "ce"}
+    fig = Figure(figsize=(13, 4.0), layout="constrained")
+    plots.weight_sweep(rows, references=refs, ax=list(fig.subplots(1, 3)))
+    path = out / "alpha_sweep.png"
+    fig.savefig(path, dpi=110)
+    return [path]
 
 
 def _comparison_figures(runs, out: Path) -> list[Path]:
@@ -646,12 +734,13 @@ def _comparison_figures(runs, out: Path) -> list[Path]:
     plots.logit_distance_histogram(
         {r.label: r.metrics["histogram"] for r in shown},
         margin=margins[0] if len(set(margins)) == 1 else None,
+        margins={r.label: r.margin for r in shown if r.margin is not None},
         ax=fig.add_subplot(),
     )
     written.append(out / "logit_distances.png")
     fig.savefig(written[-1], dpi=110)
 
-    from mls_tutorial.runs import results_table
+    from mls_tutorial.results import results_table
 
     rows = results_table(runs)
     sweep = [r for r in rows if r["loss"] == "mbls" and not r["temperature_scaling"]]

@@ -185,8 +185,20 @@ KNOBS: dict[str, tuple[str, ...]] = {
     "svls": ("sigma",),
     "nacl": ("alpha",),
     "mbls": ("margin", "alpha"),
+    "cals": ("margin",),
+    "acls": ("alpha", "margin"),
+    "mdca": ("beta",),
+    "hl1ace": ("ace_weight",),
+    "sl1ace": ("ace_weight",),
 }
-KNOB_SYMBOLS = {"alpha": "a", "beta": "b", "gamma": "g", "sigma": "s", "margin": "m"}
+KNOB_SYMBOLS = {
+    "alpha": "a",
+    "beta": "b",
+    "gamma": "g",
+    "sigma": "s",
+    "margin": "m",
+    "ace_weight": "w",
+}
 
 
 def run_label(config: dict[str, Any]) -> str:
@@ -202,13 +214,18 @@ def run_label(config: dict[str, Any]) -> str:
         "svls": "SVLS",
         "mbls": "MbLS",
         "nacl": "NACL",
+        "cals": "CALS",
+        "acls": "ACLS",
+        "mdca": "MDCA",
+        "hl1ace": "hL1-ACE",
+        "sl1ace": "sL1-ACE",
     }
     label = names.get(cfg["loss"], cfg["loss"])
     kwargs, defaults = cfg["loss_kwargs"], _loss_defaults(cfg["loss"])
     if cfg["loss"] == "mbls":
         label += f" m={float(kwargs.get('margin', 10.0)):g}"
     for key in KNOBS.get(cfg["loss"], ()):
-        if key != "margin" and kwargs.get(key) != defaults.get(key):
+        if (cfg["loss"], key) != ("mbls", "margin") and kwargs.get(key) != defaults.get(key):
             label += f" {KNOB_SYMBOLS.get(key, key)}={kwargs[key]:g}"
     if cfg["temperature_scaling"]:
         label += " + TS"

@@ -112,6 +112,9 @@ def test_bad_option_values_are_argparse_errors(argv, message, capsys):
         (["train", *SMALL[:-3], "--device", "tpu", "--out", "/nonexistent/x"], "--device 'tpu'"),
         (["evaluate", "/nonexistent/run"], "not found"),
         (["report", "/nonexistent/root"], "not found"),
+        (["sweep", "--grid", "ls:gamma=1", *SMALL], "ls has no parameter 'gamma'"),
+        (["sweep", "--grid", "ce", "--losses", "ls", *SMALL], "either --grid or --losses"),
+        (["sweep", "--grid", "ls", "--alpha", "0.2", *SMALL], "set knobs in the grid"),
     ],
 )
 def test_bad_values_found_later_exit_1_with_a_clear_message(argv, message, capsys):
@@ -126,7 +129,7 @@ def test_sweep_writes_one_table_and_figures(swept):
     assert rows[-1]["temperature"] > 0
     md = (swept / "results.md").read_text()
     assert md.count("\n") == 6 and "| CE + TS |" in md
-    assert (swept / "results.csv").read_text().startswith("method,loss,margin")
+    assert (swept / "results.csv").read_text().startswith("method,family,loss,loss_kwargs,seed")
     for fig in ("reliability_comparison.png", "logit_distances.png", "margin_sweep.png"):
         assert (swept / fig).stat().st_size > 1000, fig
 
@@ -159,6 +162,33 @@ def test_report_rebuilds_table_and_figures(swept, tmp_path, capsys):
     assert main(["report", str(swept), "--out", str(tmp_path)]) == 0
     assert "| MbLS m=1 |" in capsys.readouterr().out
     assert (tmp_path / "report.md").is_file() and (tmp_path / "margin_sweep.png").is_file()
+
+
+def test_cli_loss_names_are_the_library_s():
+    from mls_tutorial.cli import LOSSES
+    from mls_tutorial.losses import LOSS_NAMES
+
+    assert set(LOSSES) == set(LOSS_NAMES)
+
+
+def test_grid_sweep_with_workers_then_choose_on_validation(tmp_path, capsys):
+    out = tmp_path / "grid"
+    argv = ["sweep", "--grid", "ce", "--grid", "ls:alpha=0.05,0.3", "--grid", "mbls:margin=0"]
+    assert main([*argv, "--seeds", "1", "2", "--workers", "2", "--out", str(out), *SMALL]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--choose-on", "val", "--dice-tolerance", "1.0"]) == 0
+    printed = capsys.readouterr().out
+    assert "Chosen on validation" in printed
+    chosen = json.loads((out / "chosen.json").read_text())
+    fams = {f["family"]: f for f in chosen["families"]}
+    assert set(fams) == {"ce", "ls", "linear"} and fams["ls"]["seeds"] == [1, 2]
+    # the rule, re-applied by hand on the validation numbers: lowest val ECE (all eligible)
+    ls = min(fams["ls"]["candidates"], key=lambda c: c["val_ece"])
+    assert fams["ls"]["chosen"] == ls["method"]
+    assert chosen["reference"]["dice_bayes"] == pytest.approx(1.0)  # q scored against argmax q
+    grid = (out / "grid.md").read_text()
+    assert grid.count("**(chosen)**") == 3 and "LS a=0.05" in grid and "LS a=0.3" in grid
+    assert (out / "alpha_sweep.png").stat().st_size > 1000
 
 
 def test_python_dash_m_runs_the_cli():

@@ -26,6 +26,7 @@ from mls_tutorial.plots.reliability import (
     reliability_diagram,
 )
 from mls_tutorial.plots.training import split_history, training_curves
+from mls_tutorial.plots.weights import weight_curves, weight_sweep
 
 __all__ = [
     "classwise_reliability",
@@ -42,4 +43,6 @@ __all__ = [
     "segmentation_overlay",
     "split_history",
     "training_curves",
+    "weight_curves",
+    "weight_sweep",
 ]
