@@ -25,7 +25,13 @@ DATA = {"n_train": 4, "size": 16, "slices": 2, "n_val": 1, "n_test": 1, "seed": 
 
 def make_run(loss, seed, val_dice, val_ece, test_ece=0.1, test_dice=0.5, **kwargs) -> Run:
     cfg = normalize_config(
-        {"data": "synthetic", "data_params": DATA, "loss": loss, "loss_kwargs": kwargs, "seed": seed}
+        {
+            "data": "synthetic",
+            "data_params": DATA,
+            "loss": loss,
+            "loss_kwargs": kwargs,
+            "seed": seed,
+        }
     )
     metrics = {
         "dice": test_dice,

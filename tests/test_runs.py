@@ -12,21 +12,18 @@ import numpy as np
 import pytest
 import torch
 
+from mls_tutorial.results import format_csv, format_markdown, results_table, write_results
 from mls_tutorial.runs import (
     CONFIG_FILE,
     FIGURES,
     METRICS_FILE,
     find_runs,
-    format_csv,
-    format_markdown,
     load_or_train,
     load_run,
     normalize_config,
-    results_table,
     run_key,
     run_name,
     save_figures,
-    write_results,
 )
 from mls_tutorial.train import CHECKPOINT_NAME, evaluate, fit, load_checkpoint
 
@@ -255,9 +252,14 @@ def test_results_table_mean_and_spread_over_seeds(root):
     md = format_markdown(rows).splitlines()
     assert md[0].startswith("| method | seeds | DSC |") and len(md) == 4
     assert f"{ce['dice']:.3f} ± {ce['dice_std']:.3f}" in md[2]
-    parsed = list(csv.DictReader(io.StringIO(format_csv(rows))))
-    assert float(parsed[0]["ece_mean"]) == pytest.approx(ce["ece"], rel=1e-12)
-    assert parsed[1]["ece_std"] == ""
+    parsed = list(csv.DictReader(io.StringIO(format_csv(rows))))  # one line per run
+    assert [(p["method"], int(p["seed"])) for p in parsed] == [
+        ("CE", 1),
+        ("CE", 2),
+        ("MbLS m=2", 1),
+    ]
+    assert float(parsed[0]["ece"]) == pytest.approx(values[0], rel=1e-12)
+    assert float(parsed[1]["val_dice"]) == pytest.approx(runs[1].metrics["val"]["dice"], rel=1e-12)
 
 
 def test_write_results_and_figures(root, tmp_path):
