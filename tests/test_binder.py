@@ -1,15 +1,18 @@
 """The Binder (repo2docker) recipe cannot rot: it installs this package on CPU torch and every
 module the notebooks import is reachable from what it installs.
 
-CI also installs ``binder/requirements.txt`` into a fresh environment (index line dropped, torch
-pinned) and imports the package; these tests check the recipe's shape without a network.
+CI also builds a fresh environment from ``binder/requirements.txt`` (``.ci/binder.sh``: index line
+dropped, torch pinned, ``binder/postBuild`` run) and executes notebook 01 in it; these tests check
+the recipe's shape without a network, and that Binder opens notebook 01 with no news pop-up.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -140,3 +143,39 @@ def test_every_notebook_import_is_installed_by_the_recipe():
         if not dists & reachable:
             missing.append(f"{mod} (from {sorted(dists) or 'nothing installed'})")
     assert not missing, f"notebooks import modules Binder would not install: {missing}"
+
+
+def test_postbuild_installs_the_news_off_settings(tmp_path):
+    """postBuild puts binder/overrides.json where JupyterLab reads default settings, and those
+    settings are the ones the JupyterLab browser test runs with (no news pop-up there)."""
+    from test_browser import NEWS_OFF
+
+    post_build = BINDER / "postBuild"
+    assert os.access(post_build, os.X_OK), "binder/postBuild must be executable"
+    env = {**os.environ, "NB_PYTHON_PREFIX": str(tmp_path)}
+    subprocess.run(["bash", str(post_build)], env=env, check=True, cwd=tmp_path)
+    installed = tmp_path / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    settings = json.loads(installed.read_text())
+    assert settings == json.loads((BINDER / "overrides.json").read_text())
+    assert settings == NEWS_OFF
+
+
+def test_overrides_match_jupyterlab_schema():
+    """Every override names a real setting with a valid value (JupyterLab ignores others)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schemas = Path(sys.prefix) / "share" / "jupyter" / "lab" / "schemas"
+    if not schemas.is_dir():
+        pytest.skip(f"no JupyterLab schemas in {schemas}: pip install jupyterlab")
+    for plugin, values in json.loads((BINDER / "overrides.json").read_text()).items():
+        package, name = plugin.split(":")
+        schema = json.loads((schemas / package / f"{name}.json").read_text())
+        jsonschema.validate(values, schema)
+        assert set(values) <= set(schema["properties"]), plugin
+
+
+def test_the_badge_opens_notebook_01_in_jupyterlab():
+    readme = (ROOT / "README.md").read_text()
+    (url,) = re.findall(r"\(https://mybinder\.org/v2/gh/[^)]+\)", readme)
+    match = re.search(r"urlpath=lab/tree/(notebooks/[^)&]+\.ipynb)", url)
+    assert match, f"the Binder badge does not open a notebook in JupyterLab: {url}"
+    assert match.group(1).startswith("notebooks/01_") and (ROOT / match.group(1)).is_file()
