@@ -35,7 +35,7 @@ myst_heading_anchors = 3
 # replaced widgets by their figures), so the pages load nothing from the network
 nb_execution_mode = "off"
 nb_ipywidgets_js = {}
-nb_output_stderr = "remove-warn"
+nb_output_stderr = "show"  # as in JupyterLab (e.g. a library's FutureWarning)
 nb_merge_streams = True
 
 # autodoc: the API reference (docs/site/api.md)
