@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import html
 import json
 import os
 import re
@@ -161,7 +162,8 @@ def _progress_text(model_id: str, state: dict) -> str:
     for child in state[model_id]["state"]["children"]:
         st = state.get(child[len("IPY_MODEL_") :], {}).get("state", {})
         if "value" in st and isinstance(st["value"], str):
-            parts.append(re.sub(r"<[^>]+>|&nbsp;", " ", st["value"]).strip())
+            text = html.unescape(re.sub(r"<[^>]+>", " ", st["value"]))
+            parts.append(text.replace("\xa0", " ").strip())
     return " ".join(p for p in parts if p) + "\n"
 
 
