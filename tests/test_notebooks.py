@@ -42,6 +42,18 @@ DICE_FLOOR = {
 }
 
 
+# Each notebook's exercises, done as written: the fast run sets these parameters (the hidden
+# solution path) and its check asserts the answer where a fast run can show it.
+EXERCISE_PARAMETERS = {
+    # 01 exercise 1: below m* = log((1-a+a/K)/(a/K)) CE + margin stops where CE + linear does
+    "01_constrained_optimization_view": {"slider_margin": 2.0, "slider_alpha": 0.1},
+    # 02 exercise 1: train a new margin with the explorer's button
+    "02_training_with_margin": {"button_margins": [20.0]},
+    # 03 exercise 1: a second MbLS weight in the sweep; exercise 4: TS on MbLS too
+    "03_calibration_evaluation": {"sweep_alphas": [0.1, 0.3], "temperature_scaled": ["ce", "mbls"]},
+}
+
+
 def _parameters_cells(nb) -> list:
     return [
         c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])
@@ -84,7 +96,9 @@ def test_parameter_contract(path: Path, notebook_fast_parameters, caplog):
     assert names & SIZE_KNOBS, "no size or length knob among the parameters"
     assert params["device"]["default"].strip("'\"") == "auto"
     # the fast parameters only name parameters that exist (papermill just warns otherwise)
-    unknown = set(notebook_fast_parameters[path.stem]) - names
+    unknown = (
+        set(notebook_fast_parameters[path.stem]) | set(EXERCISE_PARAMETERS.get(path.stem, {}))
+    ) - names
     assert not unknown, f"fast parameters not in the notebook: {unknown}"
     print(path.stem, {k: v["default"] for k, v in params.items()})
 
@@ -112,8 +126,11 @@ def shared_runs_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("runs")
 
 
-def execute(stem: str, parameters: dict, kernel: str, tag: str = "fast") -> tuple[Path, dict]:
-    """Run one notebook with papermill; return its output_dir and its metrics.json."""
+def execute(
+    stem: str, parameters: dict, kernel: str, tag: str = "fast", source: Path | None = None
+) -> tuple[Path, dict]:
+    """Run one notebook (``source``: an edited copy) with papermill; return its output_dir and
+    its metrics.json."""
     import papermill
 
     out_root = ROOT / "test-artifacts" / "notebooks"
@@ -127,7 +144,7 @@ def execute(stem: str, parameters: dict, kernel: str, tag: str = "fast") -> tupl
     for attempt in (1, 2):
         try:
             papermill.execute_notebook(
-                str(NOTEBOOK_DIR / f"{stem}.ipynb"),
+                str(source or NOTEBOOK_DIR / f"{stem}.ipynb"),
                 str(out_root / f"{stem}-{tag}.ipynb"),
                 parameters=parameters,
                 kernel_name=kernel,
@@ -183,16 +200,48 @@ def check_01(m: dict):
     assert abs(toy["penalty_only"]["margin"] - margin) < 0.05 * margin
     # with CE, the equality penalty settles far below the margin, CE alone keeps growing
     assert toy["with_ce"]["ce+linear"] < toy["with_ce"]["ce+margin"] < toy["with_ce"]["ce"]
+    # with CE, LS and CE + linear settle at the formula; ECP near 1/beta (exactly: beta d s_win = 1)
+    assert abs(toy["with_ce"]["ls"] - toy["ls_equilibrium_predicted"]) < 0.01
+    assert abs(toy["with_ce"]["ce+linear"] - toy["ls_equilibrium_predicted"]) < 0.01
+    ecp = toy["ecp_equilibrium_predicted"]
+    assert abs(ecp - 1 / toy["alpha"]) < 0.05 / toy["alpha"]
+    assert abs(toy["with_ce"]["ecp"] - ecp) < 0.05 * ecp
+    # CE + margin ends at or below m (it starts above it)
+    assert toy["with_ce"]["ce+margin"] <= margin + 1e-3
     # the final cell moved the sliders in code and the callback ran
-    assert toy["slider"]["margin"] == toy["slider_set"]["margin"]
-    assert abs(toy["slider"]["penalty_only_margin"] - toy["slider"]["margin"]) < 0.05 * max(
-        1.0, toy["slider"]["margin"]
-    )
+    slider = toy["slider"]
+    assert slider["margin"] == toy["slider_set"]["margin"]
+    assert abs(slider["penalty_only_margin"] - slider["margin"]) < 0.05 * max(1.0, slider["margin"])
+    # exercise 1's answer: below m* the margin does not bind, CE + margin lands where CE + linear
+    # does (the LS formula); above m* it lands at m
+    m_star = toy["slider_ls_equilibrium_predicted"]
+    if slider["margin"] < m_star:
+        assert abs(slider["ce_margin"] - m_star) < 0.02, (slider, m_star)
+        assert abs(slider["ce_linear"] - m_star) < 0.02
+    else:
+        assert slider["ce_margin"] <= slider["margin"] + 1e-3
+    # per-class Dice and the reference row of the true probabilities
+    names = set(m["ce_per_class_dice"])
+    assert len(names) == 3 and set(m["q_reference"]["per_class_dice"]) == names
+    assert m["q_reference"]["dice"] > m["ce"]["dice"]
+    assert m["q_reference"]["ece"] < 0.05
 
 
 def check_02(m: dict):
     assert {"ce", "mbls"} <= {r["loss"] for r in m["runs"]}
     assert m["widget"]["updates"] >= 1 and m["widget"]["errors"] == 0
+    ce = next(r for r in m["runs"] if r["loss"] == "ce")
+    names = set(ce["per_class_dice"])
+    assert len(names) == 3 and set(m["q_reference"]["per_class_dice"]) == names
+    assert m["q_reference"]["dice"] > ce["dice"] and m["q_reference"]["ece"] < 0.05
+    for r in m["runs"]:
+        assert set(r["per_class_dice"]) == names == set(r["per_class_hd95"])
+        if r["loss"] == "mbls":  # the legend's share, measured at the run's own margin
+            assert 0.0 <= r["share_above_own_margin"] <= 1.0
+    # exercise 1: the button trained every requested margin and the slider offers it
+    w = m["widget"]
+    assert w["trained_with_button"] == w["button_margins"]
+    assert set(w["button_margins"]) <= set(w["slider_margins"])
 
 
 def check_03(m: dict):
@@ -205,13 +254,37 @@ def check_03(m: dict):
     assert len(m["sweep"]) >= 2
     # the count-weighted mean of per-volume ECE is never below the pooled ECE
     assert m["ece_weighted_mean_over_volumes"] >= m["ece_pooled"] - 1e-9
+    # per-class Dice in every row, and the reference row of the true probabilities
+    names = set(m["q_reference"]["per_class_dice"])
+    assert len(names) == 3
+    for row in m["table"]:
+        assert set(row["per_class_dice"]) == names == set(row["per_class_hd95"]), row["name"]
+    ce = next(r for r in m["table"] if r["name"] == "CE")
+    assert m["q_reference"]["dice"] > ce["dice"] and m["q_reference"]["ece"] < 0.05
+    # every sweep row says its weight; TS rows exist for each temperature-scaled loss
+    assert all(r["alpha"] > 0 for r in m["sweep"])
+    assert all(t > 0 for t in m["temperatures"].values())
+    ts_rows = {r["loss"] for r in m["table"] if r["temperature_scaling"]}
+    assert {"ce"} <= ts_rows and len(ts_rows) == len(m["temperatures"])
+
+
+def check_03_exercises(m: dict):
+    """Exercises 1 and 4 done as written: a second weight swept, TS fitted on MbLS too."""
+    alphas = {r["alpha"] for r in m["sweep"]}
+    assert alphas == {0.1, 0.3}, alphas
+    for a in alphas:  # each weight has its own curve of at least two margins
+        assert len({r["margin"] for r in m["sweep"] if r["alpha"] == a}) >= 2
+    assert {r["loss"] for r in m["table"] if r["temperature_scaling"]} == {"ce", "mbls"}
 
 
 def check_04(m: dict):
     for key in ("acdc", "decathlon"):
         assert m[key]["n_volumes"] >= 1
         assert math.isfinite(m[key]["hd95"])
-    assert m["spacing_checked"]
+    assert m["spacing_checked"]  # evaluate's HD95 == MONAI's, called here with the spacing
+    assert m["hd95_monai_mm"] == pytest.approx(m["hd95_library_mm"], rel=1e-5)
+    assert m["hd95_monai_mm"] != pytest.approx(m["hd95_ignoring_spacing"], rel=1e-3)
+    assert len(m["acdc_per_class"]) == 3
 
 
 CHECKS = {
@@ -224,12 +297,35 @@ CHECKS = {
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
 def test_notebook_runs_fast(path: Path, notebook_fast_parameters, kernel_ready, shared_runs_dir):
-    params = {**notebook_fast_parameters[path.stem], "runs_dir": str(shared_runs_dir)}
+    params = {
+        **notebook_fast_parameters[path.stem],
+        **EXERCISE_PARAMETERS.get(path.stem, {}),
+        "runs_dir": str(shared_runs_dir),
+    }
     if path.stem == "04_your_own_data":
         params.pop("runs_dir")
     output_dir, metrics = execute(path.stem, params, kernel_ready)
     check_common(output_dir, metrics, path.stem)
     CHECKS[path.stem](metrics)
+    if path.stem == "03_calibration_evaluation":
+        check_03_exercises(metrics)
+
+
+LOOP_LOSS_LINE = "loss_fn = MarginLoss(margin=margin, alpha=alpha)  # the one line that changes"
+
+
+def test_notebook_04_exercise_1_runs_as_written(notebook_fast_parameters, kernel_ready):
+    """Exercise 1 of notebook 04, done as written: build_loss("ce") in the plain MONAI loop."""
+    stem = "04_your_own_data"
+    nb = nbformat.read(NOTEBOOK_DIR / f"{stem}.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if c.cell_type == "code" and LOOP_LOSS_LINE in c.source]
+    cell.source = cell.source.replace(LOOP_LOSS_LINE, 'loss_fn = build_loss("ce")')
+    source = ROOT / "test-artifacts" / "notebooks" / f"{stem}-exercise1-source.ipynb"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, source)  # outside notebooks/: the other tests never see it
+    _, m = execute(stem, notebook_fast_parameters[stem], kernel_ready, "exercise1", source)
+    assert math.isfinite(m["acdc"]["ece"]) and math.isfinite(m["acdc"]["gap"])
+    assert 0.0 <= m["acdc"]["dice"] <= 1.0
 
 
 @pytest.mark.slow
