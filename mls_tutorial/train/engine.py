@@ -120,7 +120,10 @@ def fit(
     ``val_every``: validate every k iterations (default ``iterations // 10``; 0 or no validation
     volumes: no validation, the last weights are kept). ``select_metric``: a ``val_*`` key of the
     history (``val_fg_dice`` is maximised, the others minimised), or ``"last"``: validate (for
-    the history) but keep the final weights. ``lr_step``: StepLR period in iterations (None:
+    the history) but keep the final weights. Two defaults on purpose: ``fit`` keeps the best
+    validation Dice (the paper's protocol, what a user's own training wants), while the course's
+    run configs (``runs.DEFAULT_CONFIG``) keep the last weights, the memorised, over-confident
+    end state whose calibration the course studies (docs/results.md). ``lr_step``: StepLR period in iterations (None:
     constant lr). ``checkpoint_every`` defaults to ``val_every``. Under ``torchrun`` the model
     is wrapped in DDP, each rank draws its own share of the data and only rank 0 writes.
 
