@@ -4,11 +4,12 @@ Root cause of the "papermill waits forever on an idle kernel" hang, seen once he
 ``docs/build.py`` (notebook 01, the sliders cell, load average about 4): the kernel had run the
 cell (its state showed the callback's update) and gone idle; nbclient was awaiting
 ``kc.shell_channel.get_msg(timeout=<the whole cell timeout>)``; the client's shell DEALER socket
-reported ``ZMQ_EVENTS & POLLIN`` (the ``execute_reply`` was sitting in it, unread), but the
-asyncio poll never woke. ZeroMQ's ``ZMQ_FD`` is edge-triggered: a wake-up consumed by another
-operation on the socket is not repeated, and pyzmq's asyncio poller, registered once for the whole
-timeout, waits for an edge that does not come. Reading ``ZMQ_EVENTS`` through the asyncio socket
-(which reschedules pending events) released it at once and the notebook finished.
+reported ``ZMQ_EVENTS & POLLIN`` (the ``execute_reply`` was sitting in it, unread), but pyzmq's
+asyncio poll never woke. ZeroMQ's ``ZMQ_FD`` is edge-triggered: once its wake-up is lost (which
+operation consumed it was not pinned down) nothing repeats it, and the poll, registered once for
+the whole cell timeout, waits for an edge that does not come. Reading ``ZMQ_EVENTS`` through the
+asyncio socket (which reschedules pending events) released it at once and the notebook finished.
+The kernel was not at fault, nor were the widgets (only the cell in flight).
 
 The fix here: every wait on the shell and iopub channels is cut into slices of ``SLICE_S``
 seconds; each new poll first reads ``ZMQ_EVENTS``, so a message stranded in the socket is
