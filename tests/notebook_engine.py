@@ -9,7 +9,8 @@ asyncio poll never woke. ZeroMQ's ``ZMQ_FD`` is edge-triggered: once its wake-up
 operation consumed it was not pinned down) nothing repeats it, and the poll, registered once for
 the whole cell timeout, waits for an edge that does not come. Reading ``ZMQ_EVENTS`` through the
 asyncio socket (which reschedules pending events) released it at once and the notebook finished.
-The kernel was not at fault, nor were the widgets (only the cell in flight).
+The kernel had done its part (replied and gone idle); that the cell was a widget cell may or
+may not matter (one occurrence).
 
 The fix here: every wait on the shell and iopub channels is cut into slices of ``SLICE_S``
 seconds; each new poll first reads ``ZMQ_EVENTS``, so a message stranded in the socket is
