@@ -228,12 +228,24 @@ def parameters_note(nb) -> None:
         return
 
 
+HTML_ANCHOR = re.compile(r"""^[ \t]*<a\s+(?:id|name)=["']([^"']+)["']\s*>\s*</a>[ \t]*$""", re.M)
+
+
+def anchors_to_targets(nb) -> None:
+    """``<a id="x"></a>`` on a line of its own (what JupyterLab links to as ``nb.ipynb#x``)
+    becomes the MyST target ``(x)=``, so that Sphinx resolves those links too."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = HTML_ANCHOR.sub(r"(\1)=", cell.source)
+
+
 def page_from(executed: Path, target: Path) -> None:
     import nbformat
 
     nb = nbformat.read(executed, as_version=4)
     static_widgets(nb, executed.stem)
     parameters_note(nb)
+    anchors_to_targets(nb)
     nb.metadata.pop("mls_build", None)
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, target)

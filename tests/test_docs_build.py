@@ -92,3 +92,16 @@ def test_parameters_cell_names_the_parameters_not_the_paths(build):
     build.parameters_note(nb)
     assert nb.cells[1].cell_type == "markdown"
     assert "`iterations=30`" in nb.cells[1].source and "/x" not in nb.cells[1].source
+
+
+def test_html_anchors_become_myst_targets(build):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell('Intro\n<a id="glossary"></a>\n**Glossary**'),
+        nbformat.v4.new_markdown_cell('inline <a id="x"></a> stays'),
+        nbformat.v4.new_code_cell('s = """\n<a id="code"></a>\n"""'),
+    ]
+    build.anchors_to_targets(nb)
+    assert nb.cells[0].source == "Intro\n(glossary)=\n**Glossary**"
+    assert nb.cells[1].source == 'inline <a id="x"></a> stays'
+    assert '<a id="code"></a>' in nb.cells[2].source  # code is never touched

@@ -31,6 +31,7 @@ PAGE_02 = "notebooks/02_training_with_margin.html"
 
 JS_IMAGES = """() => Array.from(document.images).map(
   i => ({src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth}))"""
+JS_HREFS = "els => els.map(e => e.href)"  # absolute URLs
 JS_MATH = """() => MathJax.startup.promise.then(() => {
   const math = Array.from(document.querySelectorAll('.math'));
   return {n: math.length,
@@ -118,6 +119,17 @@ def test_notebook_02_page_images_math_and_widget(page, site):
     text = page.inner_text("main")
     assert "jupyter lab notebooks/02_training_with_margin.ipynb" in text
     assert page.locator("a", has_text="Binder").count() >= 1
+    # every link to another page of the site lands on an existing page and anchor
+    checked = 0
+    for href in set(page.eval_on_selector_all("main a[href]", JS_HREFS)):
+        if not href.startswith(site) or href.startswith(f"{site}/{PAGE_02}#"):
+            continue
+        url, _, anchor = href.partition("#")
+        target = HTML / urlparse(url).path.lstrip("/")
+        assert target.is_file(), f"{href}: no such page"
+        assert not anchor or f'id="{anchor}"' in target.read_text(), f"{href}: no such anchor"
+        checked += 1
+    assert checked >= 1, "no link to another page of the site (the navigation has some)"
     assert not page.outside, f"requests left 127.0.0.1: {page.outside}"
     assert not page.errors, page.errors
 
