@@ -41,6 +41,7 @@ nb_merge_streams = True
 # autodoc: the API reference (docs/site/api.md)
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+autodoc_inherit_docstrings = False  # not torch.nn.Module.forward's "Define the computation..."
 autodoc_default_options = {"members": True, "show-inheritance": False}
 
 html_theme = "sphinx_book_theme"
