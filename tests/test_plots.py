@@ -373,6 +373,11 @@ def test_margin_sweep_dice_axis_does_not_magnify_tiny_differences():
     lo, hi = ax_dsc.get_ylim()
     assert hi - lo == pytest.approx(0.1) and lo < 0.529 and hi > 0.534
     assert ax_cal.get_ylim()[0] == 0.0
+    fig = ax_dsc.figure
+    fig.canvas.draw()
+    for axis in (ax_dsc, ax_cal):  # legends off the data
+        box = axis.get_legend().get_window_extent().transformed(axis.transAxes.inverted())
+        assert box.x0 >= 1.0
     # a wide spread is left as matplotlib drew it; the span stays inside [0, 1]
     wide = [dict(margin=m, dice=d, ece=0.1) for m, d in ((0, 0.2), (5, 0.8))]
     lo, hi = plots.margin_sweep(wide).axes[0].get_ylim()

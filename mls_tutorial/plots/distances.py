@@ -168,6 +168,7 @@ def margin_sweep(
     ``gid="highlight"``, moved in place by the widget). ``ax``: None, one Axes (split) or two.
     The DSC axis spans at least ``min_dice_span`` (centred on the data, inside [0, 1]) so that
     differences of a few thousandths do not fill the panel; the calibration axis starts at 0.
+    Legends sit right of the axes, off the data.
     """
     if not min_dice_span >= 0:
         raise ValueError(f"min_dice_span must be >= 0, got {min_dice_span}")
@@ -216,8 +217,8 @@ def margin_sweep(
     ax_dsc.tick_params(labelbottom=False)
     _widen(ax_dsc, min_dice_span)
     ax_cal.set_ylim(bottom=0.0)
-    for axis in (ax_dsc, ax_cal):
-        axis.legend(fontsize="x-small", loc="best")
+    for axis in (ax_dsc, ax_cal):  # right of the axes: reference lines cross the whole panel
+        axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return root_figure(ax_dsc)
 
 
