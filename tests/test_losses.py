@@ -696,3 +696,40 @@ def test_property_ecp_lies_between_ce_minus_beta_logk_and_ce(batch, beta):
     ce = CrossEntropyLoss()(z, y)
     ecp = ConfidencePenaltyLoss(beta=beta)(z, y)
     assert ce - beta * math.log(z.shape[1]) - 1e-12 <= ecp <= ce + 1e-12
+
+
+# ------------------------------------------------------------------ equilibrium distance
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.03, 0.1, 0.3, 0.9])
+@pytest.mark.parametrize("k", [2, 4, 7])
+def test_equilibrium_distance_zeroes_the_float64_gradient(alpha, k):
+    """At d_eq the gradient of CE + alpha/K * sum_k d_k along equal non-winning distances is 0,
+    and MbLS settles at max(m, d_eq)."""
+    from mls_tutorial.losses import equilibrium_distance
+
+    def grad_at(d: float) -> float:
+        t = torch.tensor(d, dtype=torch.float64, requires_grad=True)
+        z = torch.cat([torch.zeros(1, dtype=torch.float64), -t.expand(k - 1)])
+        loss = -torch.log_softmax(z, 0)[0] + alpha / k * (k - 1) * t
+        (g,) = torch.autograd.grad(loss, t)
+        return float(g)
+
+    d = equilibrium_distance(alpha, k)
+    assert abs(grad_at(d)) < 1e-12
+    assert grad_at(d - 0.5) < 0 < grad_at(d + 0.5)  # a stable point: pulled up below, down above
+    assert equilibrium_distance(alpha, k, margin=d + 2) == d + 2
+    assert equilibrium_distance(alpha, k, margin=d / 2) == d
+
+
+def test_equilibrium_distance_bad_inputs():
+    from mls_tutorial.losses import equilibrium_distance
+
+    assert equilibrium_distance(1.0, 4) == 0.0
+    for kwargs, match in [
+        ({"alpha": 0.0, "num_classes": 4}, "alpha"),
+        ({"alpha": 0.1, "num_classes": 1}, "num_classes"),
+        ({"alpha": 0.1, "num_classes": 4, "margin": -1.0}, "margin"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            equilibrium_distance(**kwargs)

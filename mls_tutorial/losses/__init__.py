@@ -32,10 +32,11 @@ from .adaptive import AdaptiveLoss, CALSLoss, is_adaptive
 from .baselines import ConfidencePenaltyLoss, CrossEntropyLoss, FocalLoss, LabelSmoothingLoss
 from .calibration_error import HardL1ACELoss, MDCALoss, SoftL1ACELoss, l1_ace
 from .dice import DiceCELoss
-from .margin import MarginLoss, logit_distances
+from .margin import MarginLoss, equilibrium_distance, logit_distances
 from .spatial import NACLLoss, SVLSLoss, svls_kernel
 
 __all__ = [
+    "equilibrium_distance",
     "LOSS_NAMES",
     "ACLSLoss",
     "AdaptiveLoss",

@@ -23,7 +23,7 @@ from . import _fused
 from ._base import PixelLoss
 from ._inputs import Pixels, check_logits, check_nonnegative, no_autocast, squeeze_target
 
-__all__ = ["logit_distances", "MarginLoss"]
+__all__ = ["equilibrium_distance", "logit_distances", "MarginLoss"]
 
 
 def logit_distances(logits: Tensor) -> Tensor:
@@ -34,6 +34,29 @@ def logit_distances(logits: Tensor) -> Tensor:
     logits = check_logits(logits)
     with no_autocast(logits):
         return logits.amax(dim=1, keepdim=True) - logits
+
+
+def equilibrium_distance(alpha: float, num_classes: int, margin: float = 0.0) -> float:
+    """Where CE plus a penalty of weight ``alpha/K`` per distance stops the distances.
+
+    Along equal non-winning distances ``d``, CE pulls each up with ``s_k = e^-d / (1 + (K-1)
+    e^-d)`` and the linear penalty (LS, or MbLS with ``margin=0``) pushes down with ``alpha/K``;
+    they balance at
+
+        d_eq = log(K / alpha - K + 1) = log((1 - alpha + alpha/K) / (alpha/K))   (0 once alpha >= 1)
+
+    A margin only pushes distances above ``m`` and never below, so MbLS settles at
+    ``max(m, d_eq)``: the weight moves it only while ``d_eq > m`` (roughly ``alpha/K < e^-m``).
+    The confidence there is ``1 / (1 + (K-1) e^-d)``.
+    """
+    check_nonnegative(margin=margin)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    k = num_classes
+    d_eq = math.log(k / alpha - k + 1) if alpha < 1 else 0.0
+    return max(float(margin), d_eq)
 
 
 class _MarginCrossEntropy(torch.autograd.Function):
