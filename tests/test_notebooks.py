@@ -103,6 +103,30 @@ def test_parameter_contract(path: Path, notebook_fast_parameters, caplog):
     print(path.stem, {k: v["default"] for k, v in params.items()})
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
+def test_exercises_name_real_parameters_and_stay_inside_the_repository(path: Path):
+    """Each `name = value` an exercise asks for is a parameter of the notebook with a literal
+    value (so the edit can be done as written, and papermill can run it); no text points the
+    reader outside the repository."""
+    import re
+
+    import papermill
+
+    nb = nbformat.read(path, as_version=4)
+    params = papermill.inspect_notebook(str(path))
+    (exercises,) = [
+        c for c in nb.cells if c.cell_type == "markdown" and "**Exercises**" in c.source
+    ]
+    edits = re.findall(r"`(\w+) = ([^`]+)`", exercises.source.split("**Exercises**")[1])
+    assert edits, "no parameter edit found in the exercises"
+    for name, value in edits:
+        assert name in params, f"exercise edits `{name}`, not a parameter of {path.stem}"
+        ast.literal_eval(value)
+    text = "\n".join(c.source for c in nb.cells).lower()
+    for outside in ("design notes", "../shared", "shared/design"):
+        assert outside not in text, f"{path.stem} points outside the repository: {outside!r}"
+
+
 @pytest.fixture(scope="session")
 def kernel_ready():
     """The python3 kernel must run this interpreter (``python -m ipykernel install --sys-prefix``)."""
