@@ -141,8 +141,6 @@ def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
             f"select_metric={cfg['select_metric']!r} is unknown; valid: 'last' or "
             f"{sorted(VAL_METRICS)}"
         )
-    if cfg["temperature_scaling"] and cfg["loss"] != "ce":
-        warnings.warn("temperature scaling is usually paired with loss 'ce'", stacklevel=2)
     for key in ("data_params", "loss_kwargs"):
         if not isinstance(cfg[key], dict):
             raise ValueError(f"{key} must be a dict, got {type(cfg[key]).__name__}")

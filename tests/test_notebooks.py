@@ -162,8 +162,11 @@ def execute(
     shutil.rmtree(output_dir, ignore_errors=True)
     output_dir.mkdir(parents=True)
     parameters = {**parameters, "output_dir": str(output_dir)}
-    # A cell that outlives its timeout is retried once in a fresh kernel: on a loaded machine the
-    # client has been seen to wait forever for a reply the idle kernel had already sent.
+    # notebook_engine's sliced poll fixes the root cause of a client waiting forever for a reply
+    # the idle kernel had already sent (see its docstring); the one retry of a cell that outlives
+    # its timeout stays only as a guard.
+    from notebook_engine import register
+
     timeout = 600 if tag == "fast" else 1800
     for attempt in (1, 2):
         try:
@@ -172,6 +175,7 @@ def execute(
                 str(out_root / f"{stem}-{tag}.ipynb"),
                 parameters=parameters,
                 kernel_name=kernel,
+                engine_name=register(),
                 cwd=str(NOTEBOOK_DIR),
                 execution_timeout=timeout,
                 log_output=False,
