@@ -665,17 +665,3 @@ def save_figures(run: Run) -> list[Path]:
         fig.savefig(out, dpi=110)
         written.append(out)
     return written
-
-
-# ------------------------------------------------------------- tables moved to results.py
-
-_MOVED = ("TABLE_COLUMNS", "results_table", "format_markdown", "format_csv", "write_results")
-
-
-def __getattr__(name: str):
-    """Result tables live in ``mls_tutorial.results`` now; the old import path still works."""
-    if name in _MOVED:
-        from mls_tutorial import results
-
-        return getattr(results, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
