@@ -24,6 +24,7 @@ NOTEBOOK_FAST_PARAMETERS = {
         **_FAST_TRAINING,
         "losses": ["ce", "ls", "mbls"],
         "sweep_margins": [2.0, 10.0],
+        "weight_alphas": [0.1, 1.0],
     },
     "04_your_own_data": {
         "device": "cpu",

@@ -623,3 +623,57 @@ def test_one_axes_is_split_for_multi_panel_figures(meter, hists, slice_data):
             assert len(fig.axes) == n_axes
             fig.savefig(io.BytesIO(), format="png", dpi=20)
     assert plt.get_fignums() == before
+
+
+# ------------------------------------------------------------------------ weight sweep
+
+
+def _weight_row(family, weight, ece, gap, dice, margin=None):
+    knob = "beta" if family == "ecp" else "alpha"
+    kwargs = {knob: weight} if margin is None else {knob: weight, "margin": margin}
+    return {
+        "family": family,
+        "loss": {"linear": "mbls"}.get(family, family),
+        "loss_kwargs": kwargs,
+        "margin": margin,
+        "temperature_scaling": False,
+        "ece": ece,
+        "ece_std": 0.01,
+        "gap": gap,
+        "gap_std": None,
+        "dice": dice,
+        "dice_std": 0.02,
+    }
+
+
+def test_weight_sweep_draws_one_line_per_family_sorted_by_weight():
+    from matplotlib.figure import Figure
+
+    from mls_tutorial import plots
+
+    rows = [
+        _weight_row("ls", 0.3, 0.07, -0.07, 0.49),
+        _weight_row("ls", 0.03, 0.10, 0.09, 0.51),
+        _weight_row("ecp", 1.0, 0.15, -0.15, 0.51),
+        _weight_row("ecp", 0.1, 0.10, 0.08, 0.51),
+        _weight_row("mbls", 0.1, 0.09, 0.07, 0.51, margin=5.0),
+        _weight_row("mbls", 1.0, 0.05, 0.01, 0.50, margin=5.0),
+        _weight_row("mbls", 0.1, 0.06, 0.04, 0.50, margin=3.0),  # one weight: no line
+        _weight_row("nacl", 0.1, 0.07, 0.05, 0.48),  # not a default family
+        {**_weight_row("ls", 0.1, 0.0, 0.0, 0.5), "temperature_scaling": True},  # skipped
+    ]
+    curves = plots.weight_curves(rows)
+    assert list(curves) == ["LS", "ECP", "MbLS m=5"]
+    assert curves["LS"]["weight"].tolist() == [0.03, 0.3]
+    assert curves["LS"]["gap"].tolist() == [0.09, -0.07]
+    assert curves["LS"]["gap_std"].tolist() == [0.0, 0.0]  # None -> no error bar
+    fig = Figure()
+    axes = fig.subplots(1, 3)
+    plots.weight_sweep(rows, references={"CE": {"ece": 0.11, "gap": 0.09, "dice": 0.51}}, ax=axes)
+    assert axes[0].get_xscale() == "log"
+    ece_ls = next(line for line in axes[0].get_lines() if line.get_gid() == "LS:ece")
+    assert ece_ls.get_ydata().tolist() == [0.10, 0.07]
+    assert any(line.get_ydata()[0] == 0.09 for line in axes[1].get_lines())  # CE's gap line
+    assert list(plots.weight_curves(rows, families=("ls",))) == ["LS"]
+    with pytest.raises(ValueError, match="two or more weights"):
+        plots.weight_sweep(rows[6:8])

@@ -11,21 +11,27 @@ import numpy as np
 from mls_tutorial.plots._common import axes_grid, root_figure
 
 #: the knob that weighs each family's penalty (``alpha`` unless named here)
-WEIGHT_KNOB = {"ecp": "beta", "focal": "gamma"}
+WEIGHT_KNOB = {"ecp": "beta"}
+#: the families drawn by default: the equality penalties and the margin
+FAMILIES = ("ls", "ecp", "linear", "mbls")
 PANELS = (("ece", "ECE (fg, test)"), ("gap", "conf - acc (fg, test)"), ("dice", "DSC (test)"))
 
 
-def weight_curves(rows: Sequence[Mapping]) -> dict[str, dict[str, np.ndarray]]:
+def weight_curves(
+    rows: Sequence[Mapping], families: Sequence[str] = FAMILIES
+) -> dict[str, dict[str, np.ndarray]]:
     """``{curve label: {weight, <key>, <key>_std ...}}`` from ``results_table`` rows.
 
-    A curve is one family (MbLS: one per margin) with at least two weights; rows of other
-    families or without the knob are left out. Arrays are sorted by weight.
+    A curve is one of ``families`` (MbLS: one per margin) with at least two weights; other rows
+    are left out. Arrays are sorted by weight.
     """
     groups: dict[str, list[Mapping]] = defaultdict(list)
     for row in rows:
         fam = row.get("family", row.get("loss"))
         knob = WEIGHT_KNOB.get(fam, "alpha")
-        if row.get("temperature_scaling") or knob not in row.get("loss_kwargs", {}):
+        if fam not in families or row.get("temperature_scaling"):
+            continue
+        if knob not in row.get("loss_kwargs", {}):
             continue
         label = {"linear": "linear (MbLS m=0)", "ls": "LS", "ecp": "ECP", "nacl": "NACL"}.get(
             fam, fam
@@ -52,14 +58,19 @@ def _num(value, default=np.nan) -> float:
     return default if value is None else float(value)
 
 
-def weight_sweep(rows: Sequence[Mapping], references: Mapping | None = None, ax=None):
+def weight_sweep(
+    rows: Sequence[Mapping],
+    references: Mapping | None = None,
+    ax=None,
+    families: Sequence[str] = FAMILIES,
+):
     """Three panels against the penalty weight (log x): ECE, conf - acc, DSC; returns the figure.
 
-    ``rows``: ``results_table`` rows (families ``ls``, ``ecp``, ``linear``, ``mbls`` ...).
+    ``rows``: ``results_table`` rows; one line per family of ``families`` (MbLS: per margin).
     ``references``: ``{label: row}`` drawn as horizontal lines (e.g. CE). The gap panel has a
     line at 0: below it the network is under-confident. ``ax``: None, one Axes or three.
     """
-    curves = weight_curves(rows)
+    curves = weight_curves(rows, families)
     if not curves:
         raise ValueError("rows hold no family with two or more weights to draw")
     axes = axes_grid(ax, 3, direction="row", figsize=(13, 4.0))
