@@ -93,8 +93,10 @@ def test_rule_uses_only_the_seeds_shared_with_ce_and_the_family():
     runs += [make_run("mbls", s, 0.6, 0.10, margin=3.0) for s in (1, 2, 3)]
     runs.append(make_run("mbls", 4, 0.9, 0.0, margin=3.0))
     runs += [make_run("mbls", s, 0.6, 0.05, margin=5.0) for s in (1, 2, 3)]
+    runs.append(make_run("ce", 5, 0.5, 0.2))  # CE and m=5 alone gain seed 5 ...
+    runs.append(make_run("mbls", 5, 0.0, 1.0, margin=5.0))  # ... which must not sway the choice
     mbls = by_family(choose_on_validation(table(runs)))["mbls"]
-    assert mbls["seeds"] == [1, 2, 3]
+    assert mbls["seeds"] == [1, 2, 3] and mbls["report_seeds"] == [1, 2, 3, 5]
     assert mbls["chosen"]["margin"] == 5.0
     m3 = next(c for c in mbls["candidates"] if c["method"] == "MbLS m=3")
     assert m3["val_ece"] == pytest.approx(0.10)
