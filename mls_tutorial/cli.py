@@ -633,7 +633,7 @@ def _load_for_eval(folder: str):
 
 def cmd_report(args) -> int:
     from mls_tutorial.results import format_markdown, results_table, write_results
-    from mls_tutorial.runs import find_runs, save_figures
+    from mls_tutorial.runs import find_runs, run_key, save_figures
 
     runs = find_runs(args.root)
     if not runs:
@@ -647,19 +647,21 @@ def cmd_report(args) -> int:
             save_figures(run)
     rows = results_table(runs)
     paths = write_results(rows, out, args.name)
-    figs = _comparison_figures(runs, out)
     print(format_markdown(rows))
+    shown, figs = runs, []
     if args.choose_on:
-        chosen_paths, chosen_figs = _choose(runs, rows, out, args.dice_tolerance)
+        chosen_paths, figs, keys = _choose(runs, rows, out, args.dice_tolerance)
         paths.update(chosen_paths)
-        figs += chosen_figs
+        shown = [r for r in runs if run_key({**r.config, "seed": 0}) in keys]
+    figs = _comparison_figures(shown, out) + figs  # with --choose-on: the chosen configs only
     print("figures: " + ", ".join(str(p) for p in figs))
     print("tables: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
-def _choose(runs, rows, out: Path, dice_tolerance: float) -> tuple[dict, list[Path]]:
-    """``report --choose-on val``: chosen.md/.json, grid.md, the weight sweep figure."""
+def _choose(runs, rows, out: Path, dice_tolerance: float) -> tuple[dict, list[Path], set]:
+    """``report --choose-on val``: chosen.md/.json, grid.md, the weight sweep figure; returns
+    their paths, the figures and the chosen rows' keys."""
     from mls_tutorial.results import choose_on_validation, chosen_markdown, grid_markdown
     from mls_tutorial.train import write_json
     from mls_tutorial.train.checkpoint import atomic_write
@@ -682,7 +684,7 @@ def _choose(runs, rows, out: Path, dice_tolerance: float) -> tuple[dict, list[Pa
     )
     print("Chosen on validation (test numbers; paired differences to CE on the same seeds):")
     print(md)
-    return paths, _weight_figure(rows, out)
+    return paths, _weight_figure(rows, out), {c["chosen"]["key"] for c in chosen}
 
 
 def _reference_row(runs) -> dict | None:
