@@ -732,9 +732,14 @@ def _comparison_figures(runs, out: Path) -> list[Path]:
     shown = list(firsts.values())
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    fig = Figure(figsize=(4.2 * len(shown), 4.8), layout="constrained")
-    for ax, run in zip(fig.subplots(1, len(shown), squeeze=False)[0], shown, strict=True):
+    ncols = min(5, len(shown))  # rows of at most 5 panels
+    nrows = -(-len(shown) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 4.8 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, run in zip(axes, shown, strict=False):
         plots.reliability_diagram(run.metrics["meter"], ax=ax, title=f"{run.label} (fg)")
+    for ax in axes[len(shown) :]:
+        ax.set_visible(False)
     written.append(out / "reliability_comparison.png")
     fig.savefig(written[-1], dpi=110)
 
