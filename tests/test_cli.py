@@ -208,7 +208,9 @@ def test_demo_fast_on_the_bundled_data(tmp_path, capsys):
     assert "| CE |" in out and "| MbLS m=5 |" in out
     for fig in ("reliability_comparison.png", "logit_distances.png"):
         assert (tmp_path / fig).is_file()
-    runs = [p for p in tmp_path.iterdir() if p.is_dir()]
+    runs = [
+        p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")
+    ]  # not .locks
     assert len(runs) == 2
     for run in runs:
         for name in (

@@ -231,7 +231,9 @@ def test_torchrun_command_line_trains_with_two_processes(tmp_path):
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (run,) = [
+        p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")
+    ]  # not .locks
     assert run.name.startswith("mbls-m3-s1-")
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["dice"] <= 1.0
