@@ -288,6 +288,9 @@ def sphinx(src: Path, html: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The kernels inherit this process's environment: a non-inline MPLBACKEND (CI exports Agg)
+    # would keep plt.show() from putting any figure into the pages.
+    os.environ.pop("MPLBACKEND", None)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="the tests' fast parameters")
     parser.add_argument("--runs-dir", type=Path, default=None,
