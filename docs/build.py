@@ -89,30 +89,21 @@ def execute(path: Path, parameters: dict, out_dir: Path, force: bool, timeout: i
         if old == json.loads(json.dumps(stamp)):
             print(f"  {path.stem}: up to date ({_relative(target)})")
             return target
-    engine = _from_tests("notebook_engine").register()  # see its docstring: the hang's fix
+    engine = _from_tests("notebook_engine")  # see its docstring: the hang's fix
     declared = papermill.inspect_notebook(str(path))
     parameters = {k: v for k, v in parameters.items() if k in declared}
     start = time.perf_counter()
-    # A cell that outlives its timeout is retried once in a fresh kernel (the tests' guard: a
-    # papermill client on a loaded machine was once seen waiting forever on an idle kernel).
-    for attempt in (1, 2):
-        try:
-            papermill.execute_notebook(
-                str(path),
-                str(target),
-                parameters=parameters,
-                kernel_name=KERNEL,
-                engine_name=engine,
-                cwd=str(NOTEBOOK_DIR),
-                execution_timeout=timeout,
-                progress_bar=False,
-            )
-            break
-        except Exception as err:
-            timed_out = isinstance(err, TimeoutError) or "timeout" in type(err).__name__.lower()
-            if attempt == 2 or not timed_out:
-                raise
-            print(f"  {path.stem}: a cell timed out after {timeout} s, retrying once")
+    # one retry of a timed-out cell in a fresh kernel stays as a guard (notebook_engine.execute)
+    engine.execute(
+        path,
+        target,
+        parameters=parameters,
+        kernel_name=KERNEL,
+        cwd=str(NOTEBOOK_DIR),
+        execution_timeout=timeout,
+        progress_bar=False,
+        on_retry=lambda: print(f"  {path.stem}: a cell timed out after {timeout} s, retrying once"),
+    )
     nb = nbformat.read(target, as_version=4)
     nb.metadata["mls_build"] = stamp
     nbformat.write(nb, target)

@@ -78,3 +78,23 @@ def register() -> str:
 
     papermill_engines.register(ENGINE, SlicedPollEngine)
     return ENGINE
+
+
+def execute(input_path, output_path, *, on_retry=None, **kwargs) -> None:
+    """``papermill.execute_notebook`` on this engine; a run whose cell outlives
+    ``execution_timeout`` is retried once in a fresh kernel (a guard only: the sliced poll is
+    the fix). ``on_retry()`` is called before the retry."""
+    import papermill
+
+    for attempt in (1, 2):
+        try:
+            papermill.execute_notebook(
+                str(input_path), str(output_path), engine_name=register(), **kwargs
+            )
+            return
+        except Exception as err:
+            timed_out = isinstance(err, TimeoutError) or "timeout" in type(err).__name__.lower()
+            if attempt == 2 or not timed_out:
+                raise
+            if on_retry is not None:
+                on_retry()

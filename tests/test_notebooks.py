@@ -155,7 +155,6 @@ def execute(
 ) -> tuple[Path, dict]:
     """Run one notebook (``source``: an edited copy) with papermill; return its output_dir and
     its metrics.json."""
-    import papermill
 
     out_root = ROOT / "test-artifacts" / "notebooks"
     output_dir = out_root / f"{stem}-{tag}"
@@ -163,29 +162,20 @@ def execute(
     output_dir.mkdir(parents=True)
     parameters = {**parameters, "output_dir": str(output_dir)}
     # notebook_engine's sliced poll fixes the root cause of a client waiting forever for a reply
-    # the idle kernel had already sent (see its docstring); the one retry of a cell that outlives
-    # its timeout stays only as a guard.
-    from notebook_engine import register
+    # the idle kernel had already sent (see its docstring); its execute() retries a cell that
+    # outlives its timeout once, only as a guard.
+    from notebook_engine import execute as run_notebook
 
-    timeout = 600 if tag == "fast" else 1800
-    for attempt in (1, 2):
-        try:
-            papermill.execute_notebook(
-                str(source or NOTEBOOK_DIR / f"{stem}.ipynb"),
-                str(out_root / f"{stem}-{tag}.ipynb"),
-                parameters=parameters,
-                kernel_name=kernel,
-                engine_name=register(),
-                cwd=str(NOTEBOOK_DIR),
-                execution_timeout=timeout,
-                log_output=False,
-                progress_bar=False,
-            )
-            break
-        except Exception as err:
-            timed_out = isinstance(err, TimeoutError) or "timeout" in type(err).__name__.lower()
-            if attempt == 2 or not timed_out:
-                raise
+    run_notebook(
+        source or NOTEBOOK_DIR / f"{stem}.ipynb",
+        out_root / f"{stem}-{tag}.ipynb",
+        parameters=parameters,
+        kernel_name=kernel,
+        cwd=str(NOTEBOOK_DIR),
+        execution_timeout=600 if tag == "fast" else 1800,
+        log_output=False,
+        progress_bar=False,
+    )
     metrics = json.loads((output_dir / "metrics.json").read_text())
     return output_dir, metrics
 
