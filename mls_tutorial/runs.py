@@ -645,7 +645,9 @@ def save_figures(run: Run) -> list[Path]:
         "logit_distances.png": lambda ax: plots.logit_distance_histogram(
             {run.label: m["histogram"]}, margin=run.margin, ax=ax
         ),
-        "training_curves.png": lambda ax: plots.training_curves(run.history, ax=ax),
+        "training_curves.png": lambda ax: plots.training_curves(
+            run.history, ax=ax, class_names=names
+        ),
     }
     if names and colors:
         ex = run.example()
@@ -654,7 +656,7 @@ def save_figures(run: Run) -> list[Path]:
         )
     sizes = {
         "classwise_reliability.png": (13, 4),
-        "training_curves.png": (10, 3.6),
+        "training_curves.png": (15 if "loss_state" in run.history else 10, 3.6),
         "example.png": (11, 3.8),
     }
     written = []

@@ -19,6 +19,11 @@ from mls_tutorial.plots.distances import (
     margin_sweep,
 )
 from mls_tutorial.plots.images import confidence_entropy_maps, entropy_map, segmentation_overlay
+from mls_tutorial.plots.multipliers import (
+    augmented_lagrangian_curves,
+    multiplier_curves,
+    multiplier_history,
+)
 from mls_tutorial.plots.penalties import penalty_curves, penalty_functions
 from mls_tutorial.plots.reliability import (
     classwise_reliability,
@@ -29,12 +34,15 @@ from mls_tutorial.plots.training import split_history, training_curves
 from mls_tutorial.plots.weights import weight_curves, weight_sweep
 
 __all__ = [
+    "augmented_lagrangian_curves",
     "classwise_reliability",
     "confidence_entropy_maps",
     "distance_histogram_data",
     "entropy_map",
     "logit_distance_histogram",
     "margin_sweep",
+    "multiplier_curves",
+    "multiplier_history",
     "penalty_curves",
     "penalty_functions",
     "reliability_data",

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 
 from mls_tutorial.plots._common import axes_grid, root_figure
+from mls_tutorial.plots.multipliers import _draw_lambdas, has_multipliers, multiplier_history
 
 TRAIN_X_KEYS = ("iteration", "iterations", "step", "steps", "iter")
 VAL_X_KEYS = ("val_iteration", "val_iterations", "val_step", "val_steps", "val_iter")
@@ -55,17 +57,28 @@ def split_history(history) -> tuple[np.ndarray, dict, np.ndarray, dict]:
     return train_x, train, val_x, val
 
 
-def training_curves(history, ax=None):
-    """Loss (left) and validation metrics (right) against the iteration; returns the figure.
+def training_curves(history, ax=None, class_names: Sequence[str] | None = None):
+    """Loss (left), validation metrics and, for an adaptive loss, its multipliers; returns the figure.
 
     ``history``: a run's history, a dict of lists (or a list of per-step dicts); scalars are
     ignored except ``best_iteration`` (a dotted line at the iteration whose weights were kept),
     labelled from ``select_metric``: ``"kept: last weights (it. N)"`` for ``"last"``,
     ``"kept: best fg_dice (it. N)"`` for ``"val_fg_dice"``. The validation legend sits outside
-    the axes, right of the data. ``ax``: None, one Axes (split) or two.
+    the axes, right of the data. When the history holds an adaptive loss's ``loss_state`` (CALS), a third
+    panel draws ``lambda_k`` per validation (``class_names`` name them). ``ax``: None, one Axes
+    (split), or two (no multiplier panel) or three Axes.
     """
     train_x, train, val_x, val = split_history(history)
-    ax_loss, ax_val = axes_grid(ax, 2, direction="row", figsize=(10.0, 3.6))
+    three = has_multipliers(history) and (ax is None or isinstance(ax, Axes) or len(ax) == 3)
+    axes = axes_grid(ax, 3 if three else 2, direction="row", figsize=(15.0 if three else 10.0, 3.6))
+    ax_loss, ax_val = axes[:2]
+    if three:
+        h = multiplier_history(history)
+        k = h["lambda"].shape[1]
+        names = list(class_names) if class_names is not None else [f"class {i}" for i in range(k)]
+        if len(names) != k:
+            raise ValueError(f"class_names has {len(names)} names for {k} multipliers")
+        _draw_lambdas(axes[2], h, names)
     for i, (key, y) in enumerate(train.items()):
         ax_loss.plot(train_x, y, color=f"C{i}", lw=1.2, label=key)
     for i, (key, y) in enumerate(val.items()):
