@@ -677,7 +677,17 @@ def _choose(runs, rows, out: Path, dice_tolerance: float) -> tuple[dict, list[Pa
     }
     atomic_write(paths["chosen"], lambda f: f.write(md.encode()))
     atomic_write(paths["grid"], lambda f: f.write(grid.encode()))
-    records = [{**c, "chosen": c["chosen"]["method"]} for c in chosen]
+    records = [
+        {
+            **c,
+            "chosen": c["chosen"]["method"],
+            # enough to train the chosen config again (notebook 05's table, `train --loss-param`)
+            "config": {
+                k: c["chosen"][k] for k in ("loss", "loss_kwargs", "temperature_scaling")
+            },
+        }
+        for c in chosen
+    ]
     write_json(
         {"dice_tolerance": dice_tolerance, "families": records, "reference": reference},
         paths["chosen_json"],

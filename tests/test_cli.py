@@ -185,6 +185,10 @@ def test_grid_sweep_with_workers_then_choose_on_validation(tmp_path, capsys):
     # the rule, re-applied by hand on the validation numbers: lowest val ECE (all eligible)
     ls = min(fams["ls"]["candidates"], key=lambda c: c["val_ece"])
     assert fams["ls"]["chosen"] == ls["method"]
+    alpha = {"LS a=0.05": 0.05, "LS a=0.3": 0.3}[ls["method"]]  # its config, to train it again
+    assert fams["ls"]["config"]["loss"] == "ls"
+    assert fams["ls"]["config"]["loss_kwargs"]["alpha"] == alpha
+    assert fams["linear"]["config"]["loss_kwargs"]["margin"] == 0.0
     assert chosen["reference"]["dice_bayes"] == pytest.approx(1.0)  # q scored against argmax q
     grid = (out / "grid.md").read_text()
     assert grid.count("**(chosen)**") == 3 and "LS a=0.05" in grid and "LS a=0.3" in grid

@@ -109,3 +109,23 @@ def test_augmented_lagrangian_curves_match_the_loss_penalty():
 def test_augmented_lagrangian_curves_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         plots.augmented_lagrangian_curves(**kwargs)
+
+
+def test_class_distance_histograms_count_each_class_where_it_loses():
+    # two voxels, K = 3: winners 0 and 2; d = max z - z
+    z = np.array([[[3.0, 0.0], [1.0, 1.5], [0.0, 4.0]]])  # (N=1, K=3, 2 voxels)
+    fig = plots.class_distance_histograms({"run": z}, margin=2.5, max_distance=5.0, n_bins=5)
+    panels = fig.axes
+    assert len(panels) == 3
+    # class 1 loses in both voxels: d = 2 and 2.5 -> bins [2,3) twice; none above 2.5
+    (stairs,) = panels[1].patches
+    np.testing.assert_allclose(stairs.get_data().values, [0, 0, 1.0, 0, 0])
+    assert "0.0% > 2.5" in panels[1].get_legend().get_texts()[0].get_text()
+    # class 0 loses only in voxel 2 (d = 4): one voxel, above the margin
+    np.testing.assert_allclose(panels[0].patches[0].get_data().values, [0, 0, 0, 0, 1.0])
+    assert "100.0% > 2.5" in panels[0].get_legend().get_texts()[0].get_text()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="NaN"):
+        plots.class_distance_histograms({"x": np.full((1, 3, 2), np.nan)})
+    with pytest.raises(ValueError, match="2 names for K = 3"):
+        plots.class_distance_histograms({"x": z}, class_names=["a", "b"])

@@ -239,3 +239,60 @@ def _at_margin(m: np.ndarray, y: np.ndarray, highlight: float):
     """The curve's point at ``highlight`` (interpolated between swept margins)."""
     ok = ~np.isnan(y)
     return [highlight], [float(np.interp(highlight, m[ok], y[ok]))]
+
+
+def class_distance_histograms(
+    logits_by_run: Mapping,
+    margin: float | None = None,
+    class_names: Sequence[str] | None = None,
+    max_distance: float = 30.0,
+    n_bins: int = 60,
+    ax=None,
+):
+    """One panel per class ``k``: the distribution of ``d_k = max_j z_j - z_k`` where ``k`` loses.
+
+    The constraint of CALS is per class (one multiplier each), so its picture is per class:
+    ``logits_by_run`` maps a label to logits ``(N, K, *spatial)`` (array or tensor); in panel
+    ``k`` each run's curve is the share of its voxels, among those whose predicted class is not
+    ``k``, per distance bin on ``[0, max_distance]`` (larger distances in the last bin), with the
+    share above ``margin`` in the legend. Returns the figure.
+    """
+    if not isinstance(logits_by_run, Mapping) or not logits_by_run:
+        raise ValueError("logits_by_run must be a non-empty dict {label: logits (N, K, ...)}")
+    arrays = {}
+    for label, z in logits_by_run.items():
+        z = np.asarray(z.detach().cpu() if hasattr(z, "detach") else z, dtype=np.float64)
+        if z.ndim < 2 or z.shape[1] < 2:
+            raise ValueError(f"logits of {label!r} must be (N, K>=2, ...), got {z.shape}")
+        if not np.isfinite(z).all():
+            raise ValueError(f"logits of {label!r} contain NaN or inf")
+        arrays[label] = np.moveaxis(z, 1, -1).reshape(-1, z.shape[1])
+    ks = {a.shape[1] for a in arrays.values()}
+    if len(ks) != 1:
+        raise ValueError(f"runs have different numbers of classes: {sorted(ks)}")
+    k = ks.pop()
+    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(k)]
+    if len(names) != k:
+        raise ValueError(f"class_names has {len(names)} names for K = {k} classes")
+    if not max_distance > 0 or n_bins < 1:
+        raise ValueError(f"need max_distance > 0 and n_bins >= 1, got {max_distance}, {n_bins}")
+    edges = np.linspace(0.0, max_distance, n_bins + 1)
+    axes = axes_grid(ax, k, direction="row", figsize=(3.6 * k, 3.4))
+    for i, (label, z) in enumerate(arrays.items()):
+        d = z.max(axis=1, keepdims=True) - z
+        winner = z.argmax(axis=1)
+        for c, axis in enumerate(axes):
+            dc = d[winner != c, c]
+            counts = np.histogram(np.minimum(dc, max_distance), bins=edges)[0]
+            share = counts / max(dc.size, 1)
+            text = str(label)
+            if margin is not None and dc.size:
+                text += f" ({np.mean(dc > margin):.1%} > {margin:g})"
+            axis.stairs(share, edges, color=f"C{i}", lw=1.4, label=text)
+    for c, axis in enumerate(axes):
+        if margin is not None:
+            axis.axvline(margin, color="k", ls="--", lw=1, gid="margin")
+        axis.set(title=f"d_k, k = {names[c]}", xlabel="d_k (voxels k does not win)")
+        axis.legend(fontsize="x-small")
+    axes[0].set_ylabel("share of voxels")
+    return root_figure(axes[0])
