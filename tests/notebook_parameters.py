@@ -26,6 +26,7 @@ NOTEBOOK_FAST_PARAMETERS = {
         "sweep_margins": [2.0, 10.0],
         "weight_alphas": [0.1, 1.0],
     },
+    "05_class_adaptive_constraints": dict(_FAST_TRAINING),
     "04_your_own_data": {
         "device": "cpu",
         "iterations": 30,

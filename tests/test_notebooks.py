@@ -29,6 +29,7 @@ EXPECTED = {
     "02_training_with_margin",
     "03_calibration_evaluation",
     "04_your_own_data",
+    "05_class_adaptive_constraints",
 }
 # every notebook's parameters include these, plus at least one size/length knob
 COMMON_PARAMETERS = {"device", "output_dir", "seed"}
@@ -39,6 +40,7 @@ DICE_FLOOR = {
     "02_training_with_margin": 0.15,
     "03_calibration_evaluation": 0.15,
     "04_your_own_data": 0.05,
+    "05_class_adaptive_constraints": 0.15,
 }
 
 
@@ -305,11 +307,38 @@ def check_04(m: dict):
     assert len(m["acdc_per_class"]) == 3
 
 
+def check_05(m: dict):
+    # the toy: CE alone runs off; the small weight holds the common classes at the margin but
+    # not the rare one (its pull beats alpha / K); the large weight and CALS hold every class
+    toy, margin = m["toy"], m["toy"]["margin"]
+    final = toy["final_distance"]
+    small, strong = (final[k] for k in sorted(k for k in final if k.startswith("MbLS")))
+    small, strong = sorted((small, strong), key=lambda d: -d[-1])  # the small weight runs off
+    assert min(final["CE"]) > 2 * margin
+    assert small[-1] > 2 * margin and max(small[:-1]) < margin + 0.5
+    assert max(strong) < margin + 0.5 and max(final["CALS"]) < margin + 1.0
+    lam = toy["final_lambda"]  # the multiplier grows for the rare class only
+    assert lam[-1] > 5 * max(lam[:-1]), lam
+    # CALS on the data: one multiplier update per validation pass, K multipliers in range
+    cals = m["cals"]
+    assert cals["validations"] >= 1 and len(cals["lambda"]) == len(cals["rho"]) == 4
+    assert all(1e-6 <= v <= 1e6 for v in cals["lambda"]) and all(1 <= v <= 10 for v in cals["rho"])
+    names = set(m["runs"][0]["per_class_dice"])
+    assert len(names) == 3 and len(m["runs"]) == 4
+    for row in m["runs"]:
+        assert set(row["per_class_ece"]) >= names
+    for shares in m["share_above_margin"].values():
+        assert all(0.0 <= v <= 1.0 for v in shares.values())
+    # the evidence table names every family, the sequel losses included
+    assert {"CE", "CE + TS"} <= set(m["chosen"]) and len(m["chosen"]) >= 10
+
+
 CHECKS = {
     "01_constrained_optimization_view": check_01,
     "02_training_with_margin": check_02,
     "03_calibration_evaluation": check_03,
     "04_your_own_data": check_04,
+    "05_class_adaptive_constraints": check_05,
 }
 
 
