@@ -86,7 +86,7 @@ def _signature_defaults(fn: Callable) -> dict[str, Any]:
     }
 
 
-def _loss_defaults(name: str) -> dict[str, Any]:
+def loss_defaults(name: str) -> dict[str, Any]:
     """The keyword defaults of loss ``name`` (so ``mbls`` and ``mbls, margin=10`` share a key)."""
     return dict(_loss_default_items(name))
 
@@ -153,7 +153,7 @@ def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     if bad:
         raise ValueError(f"unknown data_params {bad} for data={cfg['data']!r}")
     cfg["data_params"] = _with_defaults(data_defaults, cfg["data_params"])
-    cfg["loss_kwargs"] = _with_defaults(_loss_defaults(cfg["loss"]), cfg["loss_kwargs"])
+    cfg["loss_kwargs"] = _with_defaults(loss_defaults(cfg["loss"]), cfg["loss_kwargs"])
     cfg["lr"] = float(cfg["lr"])
     cfg["amp"] = bool(cfg["amp"])
     cfg["temperature_scaling"] = bool(cfg["temperature_scaling"])
@@ -219,7 +219,7 @@ def run_label(config: dict[str, Any]) -> str:
         "sl1ace": "sL1-ACE",
     }
     label = names.get(cfg["loss"], cfg["loss"])
-    kwargs, defaults = cfg["loss_kwargs"], _loss_defaults(cfg["loss"])
+    kwargs, defaults = cfg["loss_kwargs"], loss_defaults(cfg["loss"])
     if cfg["loss"] == "mbls":
         label += f" m={float(kwargs.get('margin', 10.0)):g}"
     for key in KNOBS.get(cfg["loss"], ()):

@@ -35,12 +35,12 @@ class SweepError(RuntimeError):
 
 def parse_grid(text: str) -> tuple[str, dict[str, list[Any]]]:
     """``LOSS[:KEY=V1,V2,...]...`` -> ``(loss, {key: [values]})``; values parsed as JSON."""
-    from mls_tutorial.runs import _loss_defaults
+    from mls_tutorial.runs import loss_defaults
 
     loss, *parts = text.split(":")
     loss = loss.strip()
     try:
-        defaults = _loss_defaults(loss)
+        defaults = loss_defaults(loss)
     except ValueError as exc:
         raise ValueError(f"grid {text!r}: {exc}") from None
     knobs: dict[str, list[Any]] = {}

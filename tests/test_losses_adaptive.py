@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _logits import IGNORE, make
 
 from mls_tutorial.data import build_data
 from mls_tutorial.losses import AdaptiveLoss, CALSLoss, build_loss, is_adaptive
 from mls_tutorial.models import build_unet
 from mls_tutorial.train import CHECKPOINT_NAME, fit, load_checkpoint
-
-IGNORE = -100
-
-
-def make(shape, seed=0, scale=4.0, ignore_frac=0.0):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(shape, generator=g, dtype=torch.float64) * scale
-    y = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
-    if ignore_frac:
-        drop = torch.rand(y.shape, generator=g) < ignore_frac
-        drop.view(-1)[0] = False
-        y = y.masked_fill(drop, IGNORE)
-    return z, y
 
 
 def ref_penalty(name, h, lam, rho):
