@@ -677,3 +677,9 @@ def test_weight_sweep_draws_one_line_per_family_sorted_by_weight():
     assert list(plots.weight_curves(rows, families=("ls",))) == ["LS"]
     with pytest.raises(ValueError, match="two or more weights"):
         plots.weight_sweep(rows[6:8])
+
+
+def test_classwise_reliability_names_a_malformed_meter_dict():
+    # a dict that is neither a meter's to_dict() nor a reliability dict: ValueError, no KeyError
+    with pytest.raises(ValueError, match="meter_or_dict is neither"):
+        plots.classwise_reliability({"type": "CalibrationMeter", "config": {}})

@@ -212,9 +212,9 @@ def _per_class(meter_or_dict) -> list[dict]:
             raise ValueError(
                 "classwise_reliability needs a meter (or its to_dict()), not one reliability dict"
             )
-        from mls_tutorial.metrics import CalibrationMeter
-
-        meter = CalibrationMeter.from_dict(meter)
+        meter = rebuild_from_dict(
+            meter, "CalibrationMeter", "meter_or_dict", "a list of per-class reliability dicts"
+        )
     if not hasattr(meter, "reliability") or not hasattr(meter, "num_classes"):
         raise ValueError(
             "meter_or_dict must be a CalibrationMeter, its to_dict() "
