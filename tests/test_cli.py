@@ -8,19 +8,13 @@ import subprocess
 import sys
 
 import pytest
+from _cli_args import SYNTHETIC_DATA
 
 from mls_tutorial import __version__
 from mls_tutorial.cli import build_parser, main
 
 SMALL = [
-    "--data",
-    "synthetic",
-    "--data-param",
-    "n_train=8",
-    "--data-param",
-    "size=32",
-    "--data-param",
-    "slices=2",
+    *SYNTHETIC_DATA,
     "--data-param",
     "n_val=1",
     "--data-param",

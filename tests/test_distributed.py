@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _cli_args import SYNTHETIC_DATA
 
 from mls_tutorial.data import build_data
 from mls_tutorial.losses import CALSLoss
@@ -205,14 +206,7 @@ def test_torchrun_command_line_trains_with_two_processes(tmp_path):
         "-m",
         "mls_tutorial",
         "train",
-        "--data",
-        "synthetic",
-        "--data-param",
-        "n_train=8",
-        "--data-param",
-        "size=32",
-        "--data-param",
-        "slices=2",
+        *SYNTHETIC_DATA,
         "--loss",
         "mbls",
         "--margin",
