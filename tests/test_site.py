@@ -112,6 +112,10 @@ def test_notebook_02_page_images_math_and_widget(page, site):
     assert not broken, f"images that did not load: {broken}"
     assert math["n"] >= 1, "no math on the notebook-02 page"
     assert math["typeset"] == math["n"] and math["errors"] == 0, math
+    # the results tables (Markdown outputs of the notebook) are tables, not paragraphs of pipes
+    tables = page.locator("div.cell_output table")
+    assert tables.count() >= 2, "the notebook's result tables were not rendered as tables"
+    assert "ECE (fg)" in tables.first.inner_text() and "CE" in tables.first.inner_text()
     # the explorer: its place says how to run it live, and its figure is on the page
     note = page.get_by_text("Interactive widget.").first
     note.scroll_into_view_if_needed()

@@ -37,6 +37,9 @@ nb_execution_mode = "off"
 nb_ipywidgets_js = {}
 nb_output_stderr = "show"  # as in JupyterLab (e.g. a library's FutureWarning)
 nb_merge_streams = True
+# Markdown outputs (the notebooks' result tables, display(Markdown(...))) rendered as MyST, which
+# has tables; the default, CommonMark, has none and printed them as a paragraph of pipes
+nb_render_markdown_format = "myst"
 
 # autodoc: the API reference (docs/site/api.md)
 autodoc_member_order = "bysource"
