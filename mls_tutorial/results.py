@@ -13,7 +13,8 @@
   is paired. The chosen config's **test** numbers are what gets reported.
 - ``paired_difference(row, ce_row, key)``: per-seed ``method - CE`` on the same seeds, its mean
   and sample std, and on how many seeds the method is better.
-- ``format_markdown`` / ``format_csv`` / ``write_results``; ``chosen_markdown`` / ``grid_markdown``.
+- ``format_markdown`` / ``format_csv`` / ``write_results``; ``chosen_markdown`` / ``grid_markdown``;
+  ``per_class_rows`` / ``per_class_markdown`` (one run per row, Dice and classwise ECE by class).
 """
 
 from __future__ import annotations
@@ -282,6 +283,48 @@ def chosen_markdown(
         cells += [_fmt(r.get(k), 2 if k == "hd95" else 3) for k in cols]
         cells += [_fmt(r.get("per_class_dice", {}).get(n)) for n in classes]
         cells += ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_class_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per run (no averaging over seeds): ``label``, ``dice``, ``ece``, ``gap`` and, per
+    class name, ``per_class_dice``, ``per_class_hd95`` and ``per_class_ece``: the classwise ECE
+    of class k, ``s_k`` binned against ``1[y = k]`` over the foreground voxels (CECE is their
+    mean over all K classes)."""
+    rows = []
+    for run in runs:
+        m = run.metrics
+        names = m.get("data", {}).get("class_names")
+        ece_k = m["calibration"]["foreground"]["ece_per_class"]
+        if not names or len(names) != len(ece_k):
+            raise ValueError(
+                f"{run.label}: metrics.json lacks class names for its {len(ece_k)} classes"
+            )
+        rows.append(
+            {
+                "label": run.label,
+                **{k: m[k] for k in ("dice", "ece", "gap")},
+                "per_class_dice": {k: v["dice"] for k, v in m["per_class"].items()},
+                "per_class_hd95": {k: v["hd95"] for k, v in m["per_class"].items()},
+                "per_class_ece": dict(zip(names, ece_k, strict=True)),
+            }
+        )
+    return rows
+
+
+def per_class_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown of :func:`per_class_rows`: DSC, then classwise ECE, per foreground class."""
+    if not rows:
+        raise ValueError("per_class_markdown: no rows")
+    fg = list(rows[0]["per_class_dice"])
+    head = ["method", "DSC", "ECE (fg)", "conf - acc"]
+    head += [f"DSC {n}" for n in fg] + [f"classwise ECE {n}" for n in fg]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [r["label"], _fmt(r["dice"]), _fmt(r["ece"]), f"{r['gap']:+.3f}"]
+        cells += [_fmt(r["per_class_dice"][n]) for n in fg]
+        cells += [_fmt(r["per_class_ece"][n]) for n in fg]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -154,3 +154,22 @@ def test_csv_has_one_line_per_run_with_its_values():
     assert [int(p["seed"]) for p in parsed] == [1, 2, 3]
     assert [float(p["val_dice"]) for p in parsed] == [0.50, 0.52, 0.54]
     assert all(math.isclose(float(p["ece"]), 0.12) for p in parsed)
+
+
+def test_per_class_rows_name_each_class_ece_and_print_a_row_per_run():
+    from mls_tutorial.results import per_class_markdown, per_class_rows
+
+    run = make_run("ce", 1, 0.5, 0.2, test_dice=0.4)
+    run.metrics["data"] = {"class_names": ["background", "class1"]}
+    run.metrics["calibration"] = {"foreground": {"ece_per_class": [0.01, 0.25]}}
+    (row,) = per_class_rows([run])
+    assert row["per_class_ece"] == {"background": 0.01, "class1": 0.25}
+    assert row["per_class_dice"] == {"class1": 0.4}
+    md = per_class_markdown([row])
+    assert "| DSC class1 | classwise ECE class1 |" in md
+    assert md.splitlines()[2] == "| CE | 0.400 | 0.100 | +0.000 | 0.400 | 0.250 |"
+    run.metrics["data"] = {}  # no class names: say so
+    with pytest.raises(ValueError, match="lacks class names"):
+        per_class_rows([run])
+    with pytest.raises(ValueError, match="no rows"):
+        per_class_markdown([])
