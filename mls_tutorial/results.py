@@ -45,7 +45,11 @@ TABLE_COLUMNS = {
 #: validation metrics kept per run (``metrics.json["val"]``), columns ``val_<key>``
 VAL_COLUMNS = {"dice": "val DSC", "ece": "val ECE (fg)", "gap": "val conf - acc"}
 LOWER_IS_BETTER = {"ece", "cece", "ece_all", "ece_true", "tce", "hd95", "prob_gap", "nll"}
-_LOSS_ORDER = ("ce", "ce_dice", "focal", "ls", "ecp", "svls", "nacl", "linear", "mbls")
+# the paper's losses, then its sequels (CALS, ACLS), then the calibration-error losses
+_LOSS_ORDER = (
+    *("ce", "ce_dice", "focal", "ls", "ecp", "svls", "nacl", "linear", "mbls"),
+    *("cals", "acls", "mdca", "hl1ace", "sl1ace"),
+)
 
 
 def _stats(values: Sequence[Any]) -> tuple[float | None, float | None]:

@@ -173,3 +173,16 @@ def test_per_class_rows_name_each_class_ece_and_print_a_row_per_run():
         per_class_rows([run])
     with pytest.raises(ValueError, match="no rows"):
         per_class_markdown([])
+
+
+def test_rows_come_in_course_order_with_the_sequel_losses_after_mbls():
+    runs = [
+        make_run("sl1ace", 1, 0.5, 0.2),
+        make_run("acls", 1, 0.5, 0.2),
+        make_run("cals", 1, 0.5, 0.2, margin=5.0),
+        make_run("mbls", 1, 0.5, 0.2),
+        make_run("cals", 1, 0.5, 0.2, margin=10.0),
+        make_run("ce", 1, 0.5, 0.2),
+    ]
+    fams = [r["family"] for r in table(runs)]
+    assert fams == ["ce", "mbls", "cals", "cals", "acls", "sl1ace"]
