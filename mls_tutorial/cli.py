@@ -682,9 +682,7 @@ def _choose(runs, rows, out: Path, dice_tolerance: float) -> tuple[dict, list[Pa
             **c,
             "chosen": c["chosen"]["method"],
             # enough to train the chosen config again (notebook 05's table, `train --loss-param`)
-            "config": {
-                k: c["chosen"][k] for k in ("loss", "loss_kwargs", "temperature_scaling")
-            },
+            "config": {k: c["chosen"][k] for k in ("loss", "loss_kwargs", "temperature_scaling")},
         }
         for c in chosen
     ]

@@ -683,3 +683,23 @@ def test_classwise_reliability_names_a_malformed_meter_dict():
     # a dict that is neither a meter's to_dict() nor a reliability dict: ValueError, no KeyError
     with pytest.raises(ValueError, match="meter_or_dict is neither"):
         plots.classwise_reliability({"type": "CalibrationMeter", "config": {}})
+
+
+def test_classwise_reliability_titles_its_own_subfigure():
+    from mls_tutorial.metrics import CalibrationMeter
+
+    g = torch.Generator().manual_seed(0)
+    fig = plt.figure(layout="constrained")
+    subs = fig.subfigures(2, 1)
+    ceces = []
+    for i, sub in enumerate(subs):
+        meter = CalibrationMeter(num_classes=3, n_bins=5)
+        logits = torch.randn(2, 3, 8, 8, generator=g) * (1 + 3 * i)
+        meter.update(logits.softmax(1), torch.randint(0, 3, (2, 8, 8), generator=g))
+        plots.classwise_reliability(meter, ax=sub.subplots(), title=f"run {i}")
+        ceces.append(meter.compute()["cece"])
+    for i, sub in enumerate(subs):  # each sub-figure keeps its own run's CECE
+        assert sub._suptitle.get_text().startswith(f"run {i}: classwise reliability")
+        assert f"CECE = {ceces[i]:.4f}" in sub._suptitle.get_text()
+    assert fig._suptitle is None
+    plt.close(fig)

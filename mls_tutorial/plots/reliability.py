@@ -173,13 +173,17 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
     ax_cnt.legend(loc="upper left", fontsize="x-small", ncols=2, frameon=False)
 
 
-def classwise_reliability(meter_or_dict, class_names: Sequence[str] | None = None, ax=None):
+def classwise_reliability(
+    meter_or_dict, class_names: Sequence[str] | None = None, ax=None, title: str | None = None
+):
     """One reliability panel per class (the ingredients of CECE); returns the figure.
 
     ``meter_or_dict``: a ``CalibrationMeter``, its ``to_dict()``, or a sequence of per-class
     reliability dicts. ``CECE = (1/K) sum_k ECE_k`` over all K classes is written in the title.
     ``ax``: None, one Axes (split into a 2 x K block) or a sequence of ``2 K`` Axes ordered
-    (diagram_0, counts_0, diagram_1, counts_1, ...).
+    (diagram_0, counts_0, diagram_1, counts_1, ...). The CECE heading (prefixed by ``title``)
+    goes on the figure or sub-figure holding the panels, so that several meters can share a
+    figure, one sub-figure each.
     """
     per_class = _per_class(meter_or_dict)
     k = len(per_class)
@@ -196,9 +200,9 @@ def classwise_reliability(meter_or_dict, class_names: Sequence[str] | None = Non
     for c, (rel, pair) in enumerate(zip(per_class, pairs, strict=True)):
         _draw(rel, c, *pair, title=f"{class_names[c]} (class {c})", legend=c == 0)
     cece = float(np.mean([rel["ece"] for rel in per_class]))
-    fig = root_figure(pairs[0][0])
-    fig.suptitle(f"classwise reliability: CECE = {cece:.4f} (mean over {k} classes)")
-    return fig
+    heading = f"classwise reliability: CECE = {cece:.4f} (mean over {k} classes)"
+    pairs[0][0].figure.suptitle(f"{title}: {heading}" if title else heading)
+    return root_figure(pairs[0][0])
 
 
 def _per_class(meter_or_dict) -> list[dict]:
