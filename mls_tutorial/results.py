@@ -65,7 +65,7 @@ def results_table(runs: list[Run]) -> list[dict[str, Any]]:
     ``temperature_scaling``, ``seeds``, ``n_seeds``, ``runs`` (folder names), ``key``; for each
     ``TABLE_COLUMNS`` key ``k``: ``k`` (mean over seeds, None if unavailable), ``k_std`` (None
     for one seed) and ``k_values``; the same as ``val_k`` for the validation metrics; and
-    ``per_class_dice`` (mean test DSC per foreground class).
+    ``per_class_dice`` (mean test DSC per foreground class; ``per_class_dice_values`` per seed).
     """
     from mls_tutorial.sweep import family
 
@@ -95,9 +95,10 @@ def results_table(runs: list[Run]) -> list[dict[str, Any]]:
             row[f"val_{k}_values"] = [(r.metrics.get("val") or {}).get(k) for r in members]
             row[f"val_{k}"], row[f"val_{k}_std"] = _stats(row[f"val_{k}_values"])
         names = list((members[0].metrics.get("per_class") or {}).keys())
-        row["per_class_dice"] = {
-            n: _stats([r.metrics["per_class"][n]["dice"] for r in members])[0] for n in names
+        row["per_class_dice_values"] = {
+            n: [r.metrics["per_class"][n]["dice"] for r in members] for n in names
         }
+        row["per_class_dice"] = {n: _stats(v)[0] for n, v in row["per_class_dice_values"].items()}
         rows.append(row)
     order = {name: i for i, name in enumerate(_LOSS_ORDER)}
     return sorted(
@@ -345,11 +346,15 @@ def format_csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     keys = [*TABLE_COLUMNS, *(f"val_{k}" for k in VAL_COLUMNS)]
-    writer.writerow(["method", "family", "loss", "loss_kwargs", "seed", "run", *keys])
+    classes = list(dict.fromkeys(n for r in rows for n in r.get("per_class_dice_values", {})))
+    head = ["method", "family", "loss", "loss_kwargs", "seed", "run", *keys]
+    writer.writerow(head + [f"dice {n}" for n in classes])
     for r in rows:
+        per_class = r.get("per_class_dice_values", {})
         for i, seed in enumerate(r["seeds"]):
             fixed = [r["method"], r["family"], r["loss"], _kwargs_text(r), seed, r["runs"][i]]
-            writer.writerow(fixed + [r[f"{k}_values"][i] for k in keys])
+            dice_k = [per_class[n][i] if n in per_class else None for n in classes]
+            writer.writerow(fixed + [r[f"{k}_values"][i] for k in keys] + dice_k)
     return out.getvalue()
 
 

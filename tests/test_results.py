@@ -154,6 +154,10 @@ def test_csv_has_one_line_per_run_with_its_values():
     assert [int(p["seed"]) for p in parsed] == [1, 2, 3]
     assert [float(p["val_dice"]) for p in parsed] == [0.50, 0.52, 0.54]
     assert all(math.isclose(float(p["ece"]), 0.12) for p in parsed)
+    # per-class Dice of each run (the seed-by-seed view of a class that comes and goes)
+    runs[1].metrics["per_class"]["class1"]["dice"] = 0.05
+    parsed = list(csv.DictReader(io.StringIO(format_csv(table(runs)))))
+    assert [float(p["dice class1"]) for p in parsed] == [0.5, 0.05, 0.5]
 
 
 def test_per_class_rows_name_each_class_ece_and_print_a_row_per_run():
