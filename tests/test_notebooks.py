@@ -388,3 +388,19 @@ def test_calibration_claim_with_default_parameters(kernel_ready, tmp_path):
     mbls = [r for r in m["table"] if r["loss"] == "mbls" and not r.get("temperature")]
     assert ce["gap"] > 0, f"CE is not over-confident: gap {ce['gap']}"
     assert min(r["ece"] for r in mbls) < ce["ece"], (ce["ece"], [r["ece"] for r in mbls])
+
+
+def test_notebook_05_defaults_are_the_configs_chosen_on_validation():
+    """Notebook 05 trains CALS and MbLS at the knobs the evidence chose on validation
+    (docs/evidence/chosen.json, written by `mls-tutorial report --choose-on val`)."""
+    import papermill
+
+    params = papermill.inspect_notebook(str(NOTEBOOK_DIR / "05_class_adaptive_constraints.ipynb"))
+    default = {k: ast.literal_eval(v["default"]) for k, v in params.items()}
+    chosen = json.loads((ROOT / "docs" / "evidence" / "chosen.json").read_text())
+    config = {f["family"]: f["config"] for f in chosen["families"]}
+    assert config["cals"]["loss_kwargs"]["margin"] == default["cals_margin"]
+    assert config["mbls"]["loss_kwargs"]["margin"] == default["margin"]
+    assert config["mbls"]["loss_kwargs"]["alpha"] == default["alpha"]
+    # the evidence folder the notebook reads by default is the repository's
+    assert (NOTEBOOK_DIR / default["evidence_dir"]).resolve() == (ROOT / "docs" / "evidence")
