@@ -53,6 +53,8 @@ EXERCISE_PARAMETERS = {
     "02_training_with_margin": {"button_margins": [20.0]},
     # 03 exercise 1: a second MbLS weight in the sweep; exercise 4: TS on MbLS too
     "03_calibration_evaluation": {"sweep_alphas": [0.1, 0.3], "temperature_scaled": ["ce", "mbls"]},
+    # 05 exercise 4: every chosen config trained on the notebook's seed
+    "05_class_adaptive_constraints": {"full_table": True},
 }
 
 
@@ -356,6 +358,8 @@ def test_notebook_runs_fast(path: Path, notebook_fast_parameters, kernel_ready, 
     CHECKS[path.stem](metrics)
     if path.stem == "03_calibration_evaluation":
         check_03_exercises(metrics)
+    if path.stem == "05_class_adaptive_constraints":  # exercise 4: one row per chosen config
+        assert sorted(r["method"] for r in metrics["full_table"]) == sorted(metrics["chosen"])
 
 
 LOOP_LOSS_LINE = "loss_fn = MarginLoss(margin=margin, alpha=alpha)  # the one line that changes"
