@@ -656,7 +656,7 @@ def save_figures(run: Run) -> list[Path]:
         )
     sizes = {
         "classwise_reliability.png": (13, 4),
-        "training_curves.png": (15 if "loss_state" in run.history else 10, 3.6),
+        "training_curves.png": (15 if plots.multipliers.has_multipliers(run.history) else 10, 3.6),
         "example.png": (11, 3.8),
     }
     written = []

@@ -94,6 +94,15 @@ def save_figure(fig: Figure, path, *, dpi: int = 120, close: bool = True) -> Non
         plt.close(fig)
 
 
+def class_names_for(class_names, k: int, what: str | None = None) -> list[str]:
+    """``class_names`` as a list of ``k`` names (``"class i"`` when None); a ValueError
+    ``"class_names has n names for <what>"`` (default ``"<k> classes"``) when the count differs."""
+    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(k)]
+    if len(names) != k:
+        raise ValueError(f"class_names has {len(names)} names for {what or f'{k} classes'}")
+    return names
+
+
 def as_float_array(values, name: str, length: int | None = None) -> np.ndarray:
     """1-D float64 array; ``None`` entries (NaN written as null in JSON) become NaN."""
     try:

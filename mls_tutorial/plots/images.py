@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.colors import to_rgba
 from matplotlib.patches import Patch
 
-from mls_tutorial.plots._common import axes_grid, root_figure
+from mls_tutorial.plots._common import axes_grid, class_names_for, root_figure
 
 
 def _to_numpy(x, name: str) -> np.ndarray:
@@ -138,9 +138,7 @@ def confidence_entropy_maps(probs, ax=None, class_names: Sequence[str] | None = 
     """
     p = check_probs(probs)
     k = p.shape[0]
-    names = list(class_names) if class_names is not None else [f"class {c}" for c in range(k)]
-    if len(names) != k:
-        raise ValueError(f"class_names has {len(names)} names for {k} classes")
+    names = class_names_for(class_names, k)
     axes = axes_grid(ax, k + 1, direction="row", figsize=(2.8 * (k + 1), 3.2))
     fig = root_figure(axes[0])
     for c in range(k):

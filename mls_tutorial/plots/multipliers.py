@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mls_tutorial.plots._common import axes_grid, root_figure
+from mls_tutorial.plots._common import axes_grid, class_names_for, root_figure
 
 STATE_KEYS = ("lambda", "rho", "constraint")
 
@@ -51,13 +51,17 @@ def multiplier_history(history) -> dict[str, np.ndarray]:
     return out
 
 
+def multiplier_history_or_none(history) -> dict[str, np.ndarray] | None:
+    """:func:`multiplier_history`, or None when ``history`` holds no multipliers."""
+    try:
+        return multiplier_history(history)
+    except ValueError:
+        return None
+
+
 def has_multipliers(history) -> bool:
     """True when ``history`` holds per-validation multipliers (``loss_state`` with ``lambda``)."""
-    try:
-        multiplier_history(history)
-    except ValueError:
-        return False
-    return True
+    return multiplier_history_or_none(history) is not None
 
 
 def multiplier_curves(history, class_names: Sequence[str] | None = None, ax=None):
@@ -67,10 +71,7 @@ def multiplier_curves(history, class_names: Sequence[str] | None = None, ax=None
     (split in two) or two Axes. Returns the figure.
     """
     h = multiplier_history(history)
-    k = h["lambda"].shape[1]
-    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(k)]
-    if len(names) != k:
-        raise ValueError(f"class_names has {len(names)} names for {k} multipliers")
+    names = _multiplier_names(h, class_names)
     ax_lam, ax_h = axes_grid(ax, 2, direction="row", figsize=(10.0, 3.6))
     _draw_lambdas(ax_lam, h, names)
     if "constraint" in h:
@@ -82,6 +83,11 @@ def multiplier_curves(history, class_names: Sequence[str] | None = None, ax=None
         ax_h.text(0.5, 0.5, "no constraint history", ha="center", transform=ax_h.transAxes)
     ax_h.set(xlabel="iteration", ylabel="mean h_k = mean (d_k - m) / m", title="constraint")
     return root_figure(ax_lam)
+
+
+def _multiplier_names(h: dict, class_names) -> list[str]:
+    k = h["lambda"].shape[1]
+    return class_names_for(class_names, k, f"{k} multipliers")
 
 
 def _draw_lambdas(axis, h: dict, names: Sequence[str]) -> None:

@@ -23,6 +23,7 @@ from mls_tutorial.plots._common import (
     axes_grid,
     check_counts,
     check_edges,
+    class_names_for,
     is_mapping_with,
     rebuild_from_dict,
     root_figure,
@@ -187,10 +188,7 @@ def classwise_reliability(
     """
     per_class = _per_class(meter_or_dict)
     k = len(per_class)
-    if class_names is None:
-        class_names = [f"class {c}" for c in range(k)]
-    if len(class_names) != k:
-        raise ValueError(f"class_names has {len(class_names)} names for {k} classes")
+    class_names = class_names_for(class_names, k)
     if ax is None or isinstance(ax, Axes):  # a 2 x K block: diagrams above their counts
         flat = axes_block(ax, 2, k, figsize=(3.2 * k, 5.0), height_ratios=(3, 1))
         pairs = [(flat[c], flat[k + c]) for c in range(k)]

@@ -8,7 +8,11 @@ import numpy as np
 from matplotlib.axes import Axes
 
 from mls_tutorial.plots._common import axes_grid, root_figure
-from mls_tutorial.plots.multipliers import _draw_lambdas, has_multipliers, multiplier_history
+from mls_tutorial.plots.multipliers import (
+    _draw_lambdas,
+    _multiplier_names,
+    multiplier_history_or_none,
+)
 
 TRAIN_X_KEYS = ("iteration", "iterations", "step", "steps", "iter")
 VAL_X_KEYS = ("val_iteration", "val_iterations", "val_step", "val_steps", "val_iter")
@@ -69,16 +73,12 @@ def training_curves(history, ax=None, class_names: Sequence[str] | None = None):
     (split), or two (no multiplier panel) or three Axes.
     """
     train_x, train, val_x, val = split_history(history)
-    three = has_multipliers(history) and (ax is None or isinstance(ax, Axes) or len(ax) == 3)
+    h = multiplier_history_or_none(history)
+    three = h is not None and (ax is None or isinstance(ax, Axes) or len(ax) == 3)
     axes = axes_grid(ax, 3 if three else 2, direction="row", figsize=(15.0 if three else 10.0, 3.6))
     ax_loss, ax_val = axes[:2]
     if three:
-        h = multiplier_history(history)
-        k = h["lambda"].shape[1]
-        names = list(class_names) if class_names is not None else [f"class {i}" for i in range(k)]
-        if len(names) != k:
-            raise ValueError(f"class_names has {len(names)} names for {k} multipliers")
-        _draw_lambdas(axes[2], h, names)
+        _draw_lambdas(axes[2], h, _multiplier_names(h, class_names))
     for i, (key, y) in enumerate(train.items()):
         ax_loss.plot(train_x, y, color=f"C{i}", lw=1.2, label=key)
     for i, (key, y) in enumerate(val.items()):
