@@ -125,6 +125,11 @@ def test_class_distance_histograms_count_each_class_where_it_loses():
     np.testing.assert_allclose(panels[0].patches[0].get_data().values, [0, 0, 0, 0, 1.0])
     assert "100.0% > 2.5" in panels[0].get_legend().get_texts()[0].get_text()
     plt.close(fig)
+    # the same numbers as data: class 1 loses twice (d = 2, 2.5), class 0 once (d = 4)
+    data = plots.class_distance_data(z, margin=2.5, max_distance=5.0, n_bins=5)
+    np.testing.assert_array_equal(data["n"], [1, 2, 1])
+    np.testing.assert_allclose(data["fraction_above"], [1.0, 0.0, 1.0])
+    assert plots.class_distance_data(z)["fraction_above"] is None
     with pytest.raises(ValueError, match="NaN"):
         plots.class_distance_histograms({"x": np.full((1, 3, 2), np.nan)})
     with pytest.raises(ValueError, match="2 names for K = 3"):

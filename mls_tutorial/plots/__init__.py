@@ -14,6 +14,7 @@ dicts, e.g. from a run's ``metrics.json``), never a model.
 
 from mls_tutorial.plots._common import save_figure
 from mls_tutorial.plots.distances import (
+    class_distance_data,
     class_distance_histograms,
     distance_histogram_data,
     logit_distance_histogram,
@@ -35,8 +36,9 @@ from mls_tutorial.plots.training import split_history, training_curves
 from mls_tutorial.plots.weights import weight_curves, weight_sweep
 
 __all__ = [
-    "class_distance_histograms",
     "augmented_lagrangian_curves",
+    "class_distance_data",
+    "class_distance_histograms",
     "classwise_reliability",
     "confidence_entropy_maps",
     "distance_histogram_data",

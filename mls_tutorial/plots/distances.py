@@ -17,6 +17,7 @@ from mls_tutorial.plots._common import (
     axes_grid,
     check_counts,
     check_edges,
+    class_names_for,
     is_mapping_with,
     rebuild_from_dict,
     root_figure,
@@ -241,6 +242,42 @@ def _at_margin(m: np.ndarray, y: np.ndarray, highlight: float):
     return [highlight], [float(np.interp(highlight, m[ok], y[ok]))]
 
 
+def class_distance_data(
+    logits, margin: float | None = None, max_distance: float = 30.0, n_bins: int = 60
+) -> dict:
+    """Per class ``k``, the distances ``d_k = max_j z_j - z_k`` over the voxels ``k`` does not win.
+
+    ``logits``: ``(N, K, *spatial)`` (array or tensor). Returns ``edges`` (n_bins + 1, on
+    ``[0, max_distance]``), ``share`` (K, n_bins: share of the class's losing voxels per bin,
+    larger distances in the last bin), ``n`` (K: losing voxels per class) and ``fraction_above``
+    (K: share with ``d_k > margin``, 0 for a class that never loses; None without a margin).
+    """
+    z = np.asarray(logits.detach().cpu() if hasattr(logits, "detach") else logits, np.float64)
+    if z.ndim < 2 or z.shape[1] < 2:
+        raise ValueError(f"logits must be (N, K>=2, ...), got {z.shape}")
+    if not np.isfinite(z).all():
+        raise ValueError("logits contain NaN or inf")
+    if not max_distance > 0 or n_bins < 1:
+        raise ValueError(f"need max_distance > 0 and n_bins >= 1, got {max_distance}, {n_bins}")
+    z = np.moveaxis(z, 1, -1).reshape(-1, z.shape[1])
+    d = z.max(axis=1, keepdims=True) - z
+    winner = z.argmax(axis=1)
+    edges = np.linspace(0.0, max_distance, n_bins + 1)
+    share, n, above = [], [], []
+    for c in range(z.shape[1]):
+        dc = d[winner != c, c]
+        counts = np.histogram(np.minimum(dc, max_distance), bins=edges)[0]
+        share.append(counts / max(dc.size, 1))
+        n.append(dc.size)
+        above.append(0.0 if margin is None else float((dc > margin).sum()) / max(dc.size, 1))
+    return {
+        "edges": edges,
+        "share": np.array(share),
+        "n": np.array(n),
+        "fraction_above": None if margin is None else np.array(above),
+    }
+
+
 def class_distance_histograms(
     logits_by_run: Mapping,
     margin: float | None = None,
@@ -255,40 +292,28 @@ def class_distance_histograms(
     ``logits_by_run`` maps a label to logits ``(N, K, *spatial)`` (array or tensor); in panel
     ``k`` each run's curve is the share of its voxels, among those whose predicted class is not
     ``k``, per distance bin on ``[0, max_distance]`` (larger distances in the last bin), with the
-    share above ``margin`` in the legend. Returns the figure.
+    share above ``margin`` in the legend (:func:`class_distance_data`). Returns the figure.
     """
     if not isinstance(logits_by_run, Mapping) or not logits_by_run:
         raise ValueError("logits_by_run must be a non-empty dict {label: logits (N, K, ...)}")
-    arrays = {}
+    data = {}
     for label, z in logits_by_run.items():
-        z = np.asarray(z.detach().cpu() if hasattr(z, "detach") else z, dtype=np.float64)
-        if z.ndim < 2 or z.shape[1] < 2:
-            raise ValueError(f"logits of {label!r} must be (N, K>=2, ...), got {z.shape}")
-        if not np.isfinite(z).all():
-            raise ValueError(f"logits of {label!r} contain NaN or inf")
-        arrays[label] = np.moveaxis(z, 1, -1).reshape(-1, z.shape[1])
-    ks = {a.shape[1] for a in arrays.values()}
+        try:
+            data[label] = class_distance_data(z, margin, max_distance, n_bins)
+        except ValueError as exc:
+            raise ValueError(f"logits of {label!r}: {exc}") from None
+    ks = {len(v["n"]) for v in data.values()}
     if len(ks) != 1:
         raise ValueError(f"runs have different numbers of classes: {sorted(ks)}")
     k = ks.pop()
-    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(k)]
-    if len(names) != k:
-        raise ValueError(f"class_names has {len(names)} names for K = {k} classes")
-    if not max_distance > 0 or n_bins < 1:
-        raise ValueError(f"need max_distance > 0 and n_bins >= 1, got {max_distance}, {n_bins}")
-    edges = np.linspace(0.0, max_distance, n_bins + 1)
+    names = class_names_for(class_names, k, f"K = {k} classes")
     axes = axes_grid(ax, k, direction="row", figsize=(3.6 * k, 3.4))
-    for i, (label, z) in enumerate(arrays.items()):
-        d = z.max(axis=1, keepdims=True) - z
-        winner = z.argmax(axis=1)
+    for i, (label, v) in enumerate(data.items()):
         for c, axis in enumerate(axes):
-            dc = d[winner != c, c]
-            counts = np.histogram(np.minimum(dc, max_distance), bins=edges)[0]
-            share = counts / max(dc.size, 1)
             text = str(label)
-            if margin is not None and dc.size:
-                text += f" ({np.mean(dc > margin):.1%} > {margin:g})"
-            axis.stairs(share, edges, color=f"C{i}", lw=1.4, label=text)
+            if margin is not None and v["n"][c]:
+                text += f" ({v['fraction_above'][c]:.1%} > {margin:g})"
+            axis.stairs(v["share"][c], v["edges"], color=f"C{i}", lw=1.4, label=text)
     for c, axis in enumerate(axes):
         if margin is not None:
             axis.axvline(margin, color="k", ls="--", lw=1, gid="margin")
