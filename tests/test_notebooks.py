@@ -314,8 +314,8 @@ def check_05(m: dict):
     # not the rare one (its pull beats alpha / K); the large weight and CALS hold every class
     toy, margin = m["toy"], m["toy"]["margin"]
     final = toy["final_distance"]
-    small, strong = (final[k] for k in sorted(k for k in final if k.startswith("MbLS")))
-    small, strong = sorted((small, strong), key=lambda d: -d[-1])  # the small weight runs off
+    mbls = [d for name, d in final.items() if name.startswith("MbLS")]
+    small, strong = sorted(mbls, key=lambda d: -d[-1])  # the small weight's rare class runs off
     assert min(final["CE"]) > 2 * margin
     assert small[-1] > 2 * margin and max(small[:-1]) < margin + 0.5
     assert max(strong) < margin + 0.5 and max(final["CALS"]) < margin + 1.0
