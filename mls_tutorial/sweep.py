@@ -14,6 +14,10 @@ with ``margin=0``, which is the linear (equality) penalty ``linear``, and CE + t
 ``N > 1`` in ``N`` processes of ``cores // N`` threads each (no oversubscription). Every run
 folder has one writer (``runs.run_lock``), so two sweeps, or a sweep and a notebook, that share a
 root never train the same run twice: the second waits and loads it.
+
+``train_ladder(config, [1000, 2000, 4000], root)`` trains one config for several lengths at the
+cost of the longest: each longer run resumes from the previous one's last checkpoint, which is
+what training it alone would have done (the engine's resume contract).
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 from mls_tutorial.runs import Run, load_or_train, load_run, normalize_config, run_name
+from mls_tutorial.train.checkpoint import CHECKPOINT_NAME
 
 
 class SweepError(RuntimeError):
@@ -175,3 +181,74 @@ def _train_parallel(configs, unique, root, workers, device, progress, log) -> li
         raise SweepError(f"{len(failed)} of {len(unique)} runs failed:\n" + "\n".join(failed))
     runs = {name: load_run(path) for name, path in paths.items()}
     return [runs[run_name(c)] for c in configs]
+
+
+def train_ladder(
+    config: dict[str, Any],
+    lengths: Sequence[int],
+    root: str | Path,
+    *,
+    device: str | None = None,
+    progress: bool = False,
+    figures: bool = False,
+    log: Callable[[str], None] | None = print,
+    before_rung: Callable[[int, int], bool] | None = None,
+) -> list[Run]:
+    """``config`` trained for each of ``lengths`` (increasing iterations), shortest first.
+
+    The first rung trains from scratch; each longer rung starts from the previous rung's last
+    checkpoint (copied into its own folder, whose ``config.json`` says its own length) and
+    resumes: weights, optimizer, scheduler, RNG, history and an adaptive loss's state continue
+    exactly as in one uninterrupted run (bit for bit on CPU), so a ladder costs its longest run.
+    Every length but the last must be a multiple of ``val_every``. Cached rungs are loaded.
+    ``before_rung(iterations, start)``, called before a rung that must be trained (from
+    ``start`` iterations), may return False to stop the ladder there (e.g. at a deadline); the
+    rungs reached are returned.
+    """
+    from mls_tutorial.runs import CONFIG_FILE, METRICS_FILE, run_lock
+    from mls_tutorial.train.checkpoint import read_json, write_json
+
+    lengths = list(lengths)
+    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+        raise ValueError(f"lengths must be ints >= 1, got {lengths!r}")
+    if any(b <= a for a, b in zip(lengths, lengths[1:], strict=False)):
+        raise ValueError(f"lengths must increase strictly, got {lengths!r}")
+    every = normalize_config(config)["val_every"]
+    if every and any(n % every for n in lengths[:-1]):
+        raise ValueError(
+            f"every length but the last must be a multiple of val_every={every} (a run "
+            f"validates at its end, an uninterrupted one would not), got {lengths!r}"
+        )
+    if normalize_config(config)["temperature_scaling"]:
+        raise ValueError(
+            "train_ladder trains without temperature scaling: load_or_train each rung's "
+            "temperature_scaling=True config afterwards"
+        )
+    root = Path(root)
+    say = log or (lambda _msg: None)
+    runs: list[Run] = []
+    for n in lengths:
+        cfg = normalize_config({**config, "iterations": n})
+        path = root / run_name(cfg)
+        if not (path / METRICS_FILE).is_file():
+            start = runs[-1].config["iterations"] if runs else 0
+            if before_rung is not None and not before_rung(n, start):
+                break
+            if runs:
+                with run_lock(root, path.name, say):
+                    if (
+                        not (path / METRICS_FILE).is_file()
+                        and not (path / CHECKPOINT_NAME).exists()
+                    ):
+                        if (path / CONFIG_FILE).is_file() and read_json(path / CONFIG_FILE) != cfg:
+                            raise ValueError(f"{path} holds a different config; refusing to use it")
+                        path.mkdir(parents=True, exist_ok=True)
+                        write_json(cfg, path / CONFIG_FILE)
+                        tmp = path / f".{CHECKPOINT_NAME}.copy"
+                        shutil.copyfile(runs[-1].path / CHECKPOINT_NAME, tmp)
+                        tmp.replace(path / CHECKPOINT_NAME)
+                        say(f"[ladder] {path.name} continues {runs[-1].name} from {start}")
+        runs.append(
+            load_or_train(cfg, root, device=device, progress=progress, figures=figures, log=log)
+        )
+    return runs

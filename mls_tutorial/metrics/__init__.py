@@ -5,7 +5,7 @@
 - Functional forms: ``expected_calibration_error``, ``classwise_calibration_error``,
   ``brier_score``, ``negative_log_likelihood``.
 - ``LogitDistanceHistogram``: streaming histogram of logit distances ``d_k = max_j z_j - z_k``
-  with exact counts above given margins.
+  with exact counts above given margins; ``distance_summary``: their exact mean and shares.
 - ``dice_per_class``, ``hd95_per_class``: per-volume segmentation scores (MONAI, imported lazily).
 - ``true_calibration_error`` / ``truth_table``: ``tce``, ``ece_true``, ``prob_gap`` against known
   true class probabilities (the bundled data).
@@ -19,7 +19,7 @@ from .calibration import (
     expected_calibration_error,
     negative_log_likelihood,
 )
-from .distances import LogitDistanceHistogram
+from .distances import LogitDistanceHistogram, distance_summary
 from .segmentation import dice_per_class, hd95_per_class
 from .truth import true_calibration_error, truth_table
 
@@ -30,6 +30,7 @@ __all__ = [
     "brier_score",
     "classwise_calibration_error",
     "dice_per_class",
+    "distance_summary",
     "expected_calibration_error",
     "hd95_per_class",
     "negative_log_likelihood",

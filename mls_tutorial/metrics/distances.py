@@ -189,3 +189,53 @@ class LogitDistanceHistogram:
         hist = cls(**data["config"], device=device)
         hist.load_state_dict(data)
         return hist
+
+
+def distance_summary(logits, margins=(5.0,)) -> dict:
+    """Exact summary of the non-winning logit distances of ``logits``, for every voxel.
+
+    ``logits``: ``(N, K, *spatial)`` or an iterable of such chunks (e.g. one per volume). Per
+    voxel, ``d_k = max_j z_j - z_k`` in the logits' precision (as the histogram computes them);
+    the winner's own ``d = 0`` is left out, so ``n = voxels * (K - 1)``. Returns ``n``,
+    ``voxels``, ``mean`` (float64 mean of the ``n`` distances), ``max`` and ``share_above``
+    ``{m: share of d > m}`` for each margin (exact comparisons, like ``count_above``).
+    """
+    margins = tuple(float(m) for m in np.asarray(margins, dtype=np.float64).reshape(-1))
+    if not all(math.isfinite(m) and m >= 0 for m in margins):
+        raise ValueError(f"margins must be finite and >= 0, got {margins!r}")
+    chunks = [logits] if isinstance(logits, torch.Tensor | np.ndarray) else list(logits)
+    if not chunks:
+        raise ValueError("logits: no chunk given")
+    total, voxels, n, top_d = 0.0, 0, 0, 0.0
+    above = dict.fromkeys(margins, 0)
+    k_seen = None
+    for chunk in chunks:
+        z = as_tensor(chunk, "logits")
+        if not z.is_floating_point() or not 2 <= z.ndim <= 5 or z.shape[1] < 2:
+            raise ValueError(
+                "logits must be floating point with shape (N, K, *spatial), K >= 2, "
+                f"got {z.dtype} {tuple(z.shape)}"
+            )
+        if k_seen is not None and z.shape[1] != k_seen:
+            raise ValueError(f"chunks disagree on K: {k_seen} and {z.shape[1]}")
+        k_seen = z.shape[1]
+        z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+        z = z.reshape(z.shape[0], k_seen, -1)
+        top = z.max(dim=1, keepdim=True).values
+        raise_if_any((~torch.isfinite(z)).any().view(1), ["logits contain NaN or inf"])
+        d = (top - z).double()  # the winner's d is exactly 0 and m >= 0: it adds nothing
+        total += float(d.sum())
+        voxels += z.shape[0] * z.shape[2]
+        n += z.shape[0] * z.shape[2] * (k_seen - 1)
+        top_d = max(top_d, float(d.max()))
+        for m in margins:
+            above[m] += int((d > m).sum())
+    if n == 0:
+        raise ValueError("logits hold no voxel")
+    return {
+        "n": n,
+        "voxels": voxels,
+        "mean": total / n,
+        "max": top_d,
+        "share_above": {m: above[m] / n for m in margins},
+    }

@@ -1,0 +1,672 @@
+"""The regime study: when does the margin help? U-Net capacity x training length.
+
+    python docs/regime_study.py --root runs/regime --device cuda --workers 12 --deadline 420
+    python docs/regime_study.py --root runs/regime --report-only   # tables and figures again
+    python docs/regime_study.py --fast --root /tmp/regime --out /tmp/regime-out   # a CI check
+
+For every preset (``tiny``, ``small``, ``paper``) and loss family (CE, LS, ECP, MbLS, CALS; CE +
+temperature scaling beside them) one **ladder** per config and seed trains 1000, 2000 and 4000
+iterations: each longer run resumes from the shorter one's last checkpoint (constant learning
+rate, so it is the run that training it alone gives; ``sweep.train_ladder``). Seeds 1-2 choose
+each family's knob on validation in every cell, from a small grid around the knob chosen in the
+default regime (``docs/evidence/chosen.json``, chosen on seeds 1-3); seeds 4-6 are reported
+(seed 3 is left out: it chose the default knobs). CE and every family's default knob run on
+all five seeds; the other grid points on the choosing seeds; a re-chosen knob that is not the
+default is trained on the report seeds as soon as its preset's choosing runs are done.
+
+Runs are scheduled cheap presets first, by priority; ``--deadline`` (seconds from the start)
+stops starting rungs whose measured duration would overrun it, ``--hard-deadline`` terminates
+the workers. Whatever finished is written: ``regime.md``, ``regime.csv`` (one line per run),
+``regime.json`` in ``--out``, two figures in ``--figures``, and with ``--tar DIR`` an xz tarball
+per preset of the run folders without weights (``--report-only`` rebuilds everything from
+those). ``--fast``: tiny only on the test suite's synthetic shapes, 4 and 8 iterations, seeds 1
+(choose) and 2 (report), a one-point grid but for MbLS: the whole pipeline in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shlex
+import statistics
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ("tiny", "small", "paper")
+EXPENSIVE = {"paper"}  # scheduled after every cheaper preset's choosing runs
+LENGTHS = (1000, 2000, 4000)
+CHOOSE_SEEDS, REPORT_SEEDS = (1, 2), (4, 5, 6)
+FAMILIES = ("ls", "ecp", "mbls", "cals")
+GRID = {  # family -> (knob, values): a small grid around the default regime's choice
+    "ls": ("alpha", (0.03, 0.1, 0.3)),
+    "ecp": ("beta", (0.1, 0.3, 1.0)),
+    "mbls": ("margin", (3.0, 5.0, 10.0)),
+    "cals": ("margin", (3.0, 5.0, 10.0)),
+}
+FAST_GRID = {"mbls": ("margin", (3.0, 5.0))}
+FAST_CONFIG = {  # the synthetic shapes of the test suite: seconds, not minutes
+    "data": "synthetic",
+    "data_params": {"n_train": 8, "size": 16, "slices": 2, "n_val": 1, "n_test": 1, "seed": 3},
+    "batch_size": 4,
+    "val_every": 4,
+}
+MARGIN = 5.0  # distances are counted above the default regime's MbLS margin
+FIRST_GUESS_S_PER_IT = {"tiny": 0.02, "small": 0.025, "paper": 0.06}
+EVAL_SECONDS = 8.0  # evaluation, distances and TS after a rung (measured ones replace it)
+RUN_INFO = "regime_run.json"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------------- plan
+
+
+def default_knobs(chosen_json: Path) -> dict[str, dict[str, float]]:
+    """Each family's knob as chosen on validation in the default regime."""
+    from mls_tutorial.runs import KNOBS
+
+    data = json.loads(chosen_json.read_text())
+    out = {}
+    for rec in data["families"]:
+        if rec["family"] in FAMILIES:
+            cfg = rec["config"]
+            out[rec["family"]] = {
+                k: float(cfg["loss_kwargs"][k])
+                for k in KNOBS[cfg["loss"]]
+                if k in cfg["loss_kwargs"]
+            }
+    missing = set(FAMILIES) - set(out)
+    if missing:
+        raise SystemExit(f"{chosen_json} has no chosen config for {sorted(missing)}")
+    return out
+
+
+def family_configs(fam: str, defaults: dict, grid: dict) -> list[dict[str, float]]:
+    """The loss_kwargs of a family's grid (the default first)."""
+    base = defaults[fam]
+    if fam not in grid:
+        return [dict(base)]
+    knob, values = grid[fam]
+    if base[knob] not in values:
+        raise SystemExit(f"the {fam} grid {values} lacks the default {knob}={base[knob]}")
+    return [dict(base)] + [{**base, knob: v} for v in values if v != base[knob]]
+
+
+def make_task(preset, loss, kwargs, seed, tier, common, lengths) -> dict[str, Any]:
+    cfg = {**common, "preset": preset, "loss": loss, "loss_kwargs": dict(kwargs), "seed": seed}
+    return {"config": cfg, "lengths": list(lengths), "tier": tier, "preset": preset, "seed": seed}
+
+
+def plan(presets, lengths, defaults, grid, common, choose, report) -> list[dict]:
+    """Every ladder of tiers 1 (CE and the defaults, all seeds) and 2 (the other grid points,
+    choosing seeds), in priority order; tier 3 (re-chosen knobs) is added while running."""
+    tasks = []
+    for preset in presets:
+        for seed in [*report, *choose]:
+            tasks.append(make_task(preset, "ce", {}, seed, 1, common, lengths))
+            for fam in FAMILIES:
+                tasks.append(make_task(preset, fam, defaults[fam], seed, 1, common, lengths))
+        for seed in choose:
+            for fam in FAMILIES:
+                for kw in family_configs(fam, defaults, grid)[1:]:
+                    tasks.append(make_task(preset, fam, kw, seed, 2, common, lengths))
+    rank = {p: i for i, p in enumerate(presets)}
+
+    def priority(t):
+        late = t["preset"] in EXPENSIVE
+        return (late, t["tier"] if late else 0, t["tier"] if not late else 0, rank[t["preset"]])
+
+    return sorted(tasks, key=priority)  # stable: seeds and families keep their order
+
+
+def rechosen_tasks(root, preset, lengths, defaults, grid, common, choose, report, done_keys):
+    """Tier 3: the knobs the rule re-chose in this preset's cells that are not the defaults."""
+    from mls_tutorial.results import choose_on_validation, results_table
+    from mls_tutorial.runs import find_runs
+
+    runs = [r for r in find_runs(root, preset=preset) if r.config["seed"] in choose]
+    tasks = []
+    for n in lengths:
+        cell = [r for r in runs if r.config["iterations"] == n]
+        rows = results_table(cell)
+        if not any(r["family"] == "ce" for r in rows):
+            continue
+        for c in choose_on_validation(rows):
+            fam = c["family"]
+            if fam not in FAMILIES:
+                continue
+            kw = {k: float(c["chosen"]["loss_kwargs"][k]) for k in defaults[fam]}
+            ident = (preset, fam, tuple(sorted(kw.items())))
+            if kw == defaults[fam] or ident in done_keys:
+                continue
+            done_keys.add(ident)
+            log(f"[choice] {preset} {n} it: {fam} re-chosen {kw} -> seeds {list(report)}")
+            for seed in report:
+                tasks.append(make_task(preset, fam, kw, seed, 3, common, lengths))
+    return tasks
+
+
+# -------------------------------------------------------------------------------- workers
+
+
+def init_worker(threads: int) -> None:
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def run_chain(task: dict, root: str, device: str, deadline: float | None, rate: float) -> dict:
+    """Train one ladder, rung by rung; after each rung its exact distances and (CE) its
+    temperature-scaled run. Stops before a rung that would not end before ``deadline``."""
+    from mls_tutorial.regime import DISTANCES_FILE, measure_distances
+    from mls_tutorial.runs import get_data, load_or_train
+    from mls_tutorial.sweep import train_ladder
+
+    cfg, lengths = task["config"], task["lengths"]
+    data = get_data(cfg)
+    done, rungs = [], []
+    speed = {"s_per_it": rate}
+
+    def fits(n: int, start: int) -> bool:
+        need = speed["s_per_it"] * (n - start) * 1.15 + EVAL_SECONDS
+        return deadline is None or time.time() + need < deadline
+
+    for i, n in enumerate(lengths):
+        start = lengths[i - 1] if i else 0
+        t0 = time.time()
+        runs = train_ladder(cfg, lengths[: i + 1], root, device=device, log=None, before_rung=fits)
+        if len(runs) <= i:
+            break  # the deadline: this rung and longer ones are not started
+        run = runs[-1]
+        trained = time.time() - t0
+        if not (run.path / DISTANCES_FILE).is_file():
+            measure_distances(run, data, device=device, margins=(MARGIN,))
+        if cfg["loss"] == "ce":
+            load_or_train(
+                {**run.config, "temperature_scaling": True},
+                root,
+                device=device,
+                data=data,
+                progress=False,
+                figures=False,
+                log=None,
+            )
+        wall = time.time() - t0
+        if not run.cached and n > start:  # this worker's own speed
+            speed["s_per_it"] = 0.5 * speed["s_per_it"] + 0.5 * trained / (n - start)
+        rungs.append(
+            {
+                "run": run.name,
+                "iterations": n,
+                "start": start,
+                "train_s": trained,
+                "wall_s": wall,
+                "cached": run.cached,
+            }
+        )
+        done.append(n)
+    return {"task": task, "rungs": rungs, "done": done, "pid": os.getpid()}
+
+
+# ------------------------------------------------------------------------------ scheduler
+
+
+class Scheduler:
+    """Keeps ``workers`` ladders in flight, highest priority first; adds tier 3 per preset
+    once its choosing ladders are done; stops at the deadlines."""
+
+    def __init__(self, args, tasks, lengths, defaults, grid, common, choose, report):
+        self.args, self.pending = args, list(tasks)
+        self.lengths, self.defaults, self.grid, self.common = lengths, defaults, grid, common
+        self.choose, self.report = choose, report
+        self.t0 = time.time()
+        self.deadline = None if args.deadline is None else self.t0 + args.deadline
+        hard = args.hard_deadline or (args.deadline + 90 if args.deadline else None)
+        self.hard = None if hard is None else self.t0 + hard
+        self.rates: dict[str, list[float]] = {}
+        self.finished: list[dict] = []
+        self.skipped: list[dict] = []  # never started
+        self.terminated: list[dict] = []  # in flight at the hard deadline
+        self.rechosen_done: set = set()
+        self.tier3_added: set = set()
+
+    def rate(self, preset: str) -> float:
+        seen = self.rates.get(preset)
+        return statistics.median(seen[-20:]) if seen else FIRST_GUESS_S_PER_IT.get(preset, 0.05)
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def record(self, result: dict) -> None:
+        self.finished.append(result)
+        task = result["task"]
+        for r in result["rungs"]:
+            if not r["cached"] and r["iterations"] > r["start"]:
+                # the scheduler's estimate includes the rung's evaluation
+                self.rates.setdefault(task["preset"], []).append(
+                    r["wall_s"] / (r["iterations"] - r["start"])
+                )
+        cfg = task["config"]
+        rungs = ", ".join(f"{r['iterations']}:{r['wall_s']:.0f}s" for r in result["rungs"])
+        log(
+            f"[{self.elapsed():5.0f}s] {task['preset']} {cfg['loss']} {cfg['loss_kwargs']} "
+            f"s{task['seed']} t{task['tier']} -> {rungs or 'nothing (deadline)'}"
+        )
+
+    def choosing_done(self, preset: str, inflight_tasks) -> bool:
+        def mine(t):
+            return t["preset"] == preset and t["seed"] in self.choose and t["tier"] < 3
+
+        return not any(mine(t) for t in self.pending) and not any(mine(t) for t in inflight_tasks)
+
+    def add_tier3(self, inflight_tasks) -> None:
+        for preset in dict.fromkeys(r["task"]["preset"] for r in self.finished):
+            if preset in self.tier3_added or not self.choosing_done(preset, inflight_tasks):
+                continue
+            self.tier3_added.add(preset)
+            new = rechosen_tasks(
+                self.args.root,
+                preset,
+                self.lengths,
+                self.defaults,
+                self.grid,
+                self.common,
+                self.choose,
+                self.report,
+                self.rechosen_done,
+            )
+            self.pending[:0] = new  # ahead of everything not yet started
+
+    def next_task(self):
+        if self.deadline is not None and time.time() > self.deadline - 10:
+            return None
+        return self.pending.pop(0) if self.pending else None
+
+    def run_serial(self) -> None:
+        init_worker(max(1, torch_threads()))
+        while True:
+            self.add_tier3([])
+            task = self.next_task()
+            if task is None:
+                break
+            self.record(
+                run_chain(
+                    task,
+                    str(self.args.root),
+                    self.args.device,
+                    self.deadline,
+                    self.rate(task["preset"]),
+                )
+            )
+        self.skipped = list(self.pending)
+
+    def run_parallel(self) -> None:
+        workers = self.args.workers
+        threads = max(1, torch_threads() // workers)
+        ctx = multiprocessing.get_context("spawn")
+        pool = ctx.Pool(
+            workers, initializer=init_worker, initargs=(threads,), maxtasksperchild=None
+        )
+        inflight: dict[Any, dict] = {}
+        last_status = 0.0
+        try:
+            while True:
+                for ar in [a for a in inflight if a.ready()]:
+                    task = inflight.pop(ar)
+                    try:
+                        self.record(ar.get())
+                    except Exception as exc:  # noqa: BLE001 - one ladder's failure is reported
+                        log(
+                            f"[failed] {task['preset']} {task['config']['loss']} "
+                            f"{task['config']['loss_kwargs']} s{task['seed']}: "
+                            f"{type(exc).__name__}: {exc}"
+                        )
+                        self.finished.append(
+                            {
+                                "task": task,
+                                "rungs": [],
+                                "done": [],
+                                "error": f"{type(exc).__name__}: {exc}",
+                            }
+                        )
+                self.add_tier3(list(inflight.values()))
+                while len(inflight) < workers:
+                    task = self.next_task()
+                    if task is None:
+                        break
+                    ar = pool.apply_async(
+                        run_chain,
+                        (
+                            task,
+                            str(self.args.root),
+                            self.args.device,
+                            self.deadline,
+                            self.rate(task["preset"]),
+                        ),
+                    )
+                    inflight[ar] = task
+                if not inflight:  # nothing left, or nothing may start any more
+                    break
+                if self.hard is not None and time.time() > self.hard:
+                    log(f"[hard deadline] terminating {len(inflight)} ladders in flight")
+                    self.terminated.extend(inflight.values())
+                    break
+                if time.time() - last_status > 30:
+                    last_status = time.time()
+                    rates = {p: f"{self.rate(p):.4f}" for p in self.rates}
+                    log(
+                        f"[{self.elapsed():5.0f}s] done {len(self.finished)}, in flight "
+                        f"{len(inflight)}, pending {len(self.pending)}; s/it {rates}"
+                    )
+                time.sleep(0.5)
+        finally:
+            pool.terminate()
+            pool.join()
+        self.skipped.extend(self.pending)
+
+
+TIERS = {1: "CE and default knobs", 2: "other grid points", 3: "re-chosen knobs"}
+
+
+def summarize(tasks: list[dict], what: str) -> list[str]:
+    """``tiny: 3 ladders of tier 2 (other grid points) not started``, per preset and tier."""
+    count: dict[tuple, int] = {}
+    for t in tasks:
+        count[(t["preset"], t["tier"])] = count.get((t["preset"], t["tier"]), 0) + 1
+    return [f"{p}: {n} ladders of tier {k} ({TIERS[k]}) {what}" for (p, k), n in count.items()]
+
+
+def torch_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------------- report
+
+
+def tar_runs(root: Path, out: Path, presets) -> list[Path]:
+    """One ``runs_<preset>.tar.xz`` per preset: run folders without weights, examples, figures."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    skip_suffix = (".pt", ".png", ".npz", ".lock", ".copy")
+
+    def keep(info: tarfile.TarInfo):
+        parts = Path(info.name).parts
+        if any(p.startswith(".") for p in parts[1:]) or info.name.endswith(skip_suffix):
+            return None
+        return info
+
+    def one(preset: str) -> Path | None:
+        folders = [
+            p.parent
+            for p in root.glob("*/config.json")
+            if json.loads(p.read_text()).get("preset") == preset
+        ]
+        if not folders:
+            return None
+        path = out / f"runs_{preset}.tar.xz"
+        with tarfile.open(path, "w:xz", preset=6) as tar:
+            if (root / RUN_INFO).is_file():
+                tar.add(root / RUN_INFO, arcname=f"regime/{RUN_INFO}")
+            for folder in sorted(folders):
+                tar.add(folder, arcname=f"regime/{folder.name}", filter=keep)
+        return path
+
+    out.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(len(presets)) as pool:
+        return [p for p in pool.map(one, presets) if p is not None]
+
+
+def header(study: dict, info: dict, command: str) -> str:
+    from mls_tutorial.regime import finding_paragraph
+
+    p = study["protocol"]
+    grid = "; ".join(f"{f} {k} {list(v)}" for f, (k, v) in p["grid"].items())
+    lines = [
+        "# The regime study: when does the margin help?",
+        "",
+        "Made by one command (then `--report-only` rebuilds this file, `regime.csv`, "
+        "`regime.json` and the figures from the run folders):",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"- **Cells**: U-Net presets {p['presets']} x training lengths {p['lengths']} "
+        "iterations (Adam, constant lr 1e-3, batch 16, last weights, AMP on CUDA). Each "
+        "config and seed is one ladder: the longer runs resume from the shorter one's last "
+        "checkpoint, which is the run training it alone gives (`sweep.train_ladder`).",
+        f"- **Losses**: CE, LS, ECP, MbLS, CALS and CE + temperature scaling (T fitted on the "
+        f"validation volumes). Default knobs (chosen on validation in the default regime, "
+        f"`docs/evidence/chosen.json`): {p['defaults']}. Grid re-chosen in every cell: {grid}.",
+        f"- **Seeds**: the knobs are re-chosen on validation on seeds {p['choose_seeds']} "
+        f"(the rule of `report --choose-on val`: lowest validation foreground ECE among "
+        f"configs within {p['dice_tolerance']:g} of CE's validation DSC); test numbers are "
+        f"reported on seeds {p['report_seeds']} only, never used to choose anything.",
+        f"- **Distances**: `mean d` is the exact mean of the non-winning logit distances "
+        f"`max_j z_j - z_k` at the end of training, on the test volumes and on the training "
+        f"images (every voxel); `share d > m` the share above m = {p['margin']:g} (MbLS's "
+        "default margin). `val NLL rise`: last validation foreground NLL minus its minimum "
+        "during training (memorisation); see `mls_tutorial.regime.history_divergence`.",
+        f"- **Machine**: {info.get('machine', '?')}; {info.get('workers', '?')} worker "
+        f"processes sharing it; {info.get('elapsed_s', 0):.0f} s of training wall time, "
+        f"{p['n_runs']} finished runs (TS runs included).",
+    ]
+    timing = info.get("seconds_per_iteration") or {}
+    if timing:
+        lines.append(
+            "- **Measured speed** (wall seconds per iteration of one ladder rung, evaluation "
+            "included, median over rungs, with the other workers running): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in timing.items())
+            + "."
+        )
+    cut = info.get("cut") or []
+    if cut:
+        lines.append("- **Not run (deadline)**: " + "; ".join(cut) + ".")
+    missing = [
+        f"{c['preset']} {c['iterations']}: {m}" for c in study["cells"] for m in c["missing"]
+    ]
+    if missing:
+        lines.append("- **Missing in the tables**: " + "; ".join(missing) + ".")
+    lines += [
+        "",
+        "**Finding (MbLS, knobs re-chosen in each cell).** " + finding_paragraph(study),
+        "",
+        "![ECE, gap and DSC against training length](../figures/regime_ece.png)",
+        "",
+        "![CE's logit distances after short and long training](../figures/regime_distances.png)",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def report(args, protocol: dict) -> None:
+    from matplotlib.figure import Figure
+
+    from mls_tutorial import plots
+    from mls_tutorial.regime import regime_study, write_study
+    from mls_tutorial.runs import find_runs
+
+    t = time.time()
+    runs = find_runs(args.root)
+    if not runs:
+        raise SystemExit(f"no finished runs under {args.root}")
+    study, records = regime_study(
+        runs,
+        choose_seeds=protocol["choose_seeds"],
+        report_seeds=protocol["report_seeds"],
+        defaults=protocol["defaults"],
+        margin=MARGIN,
+        protocol=protocol,
+    )
+    info_path = Path(args.root) / RUN_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    command = info.get("command") or "python docs/regime_study.py " + " ".join(
+        shlex.quote(a) for a in sys.argv[1:]
+    )
+    paths = write_study(study, records, args.out, header=header(study, info, command))
+    figs = Path(args.figures)
+    figs.mkdir(parents=True, exist_ok=True)
+    presets = list(dict.fromkeys(c["preset"] for c in study["cells"]))
+    fig = Figure(figsize=(4.4 * len(presets), 9.6), layout="constrained")
+    plots.regime_curves(
+        study,
+        keys=("ece", "gap", "dice"),
+        ax=list(fig.subplots(3, len(presets), squeeze=False).ravel()),
+    )
+    fig.savefig(figs / "regime_ece.png", dpi=100)
+    fig = Figure(figsize=(5.2 * len(presets), 3.8), layout="constrained")
+    plots.regime_histograms(study, ax=fig.add_subplot())  # split into one panel per preset
+    fig.savefig(figs / "regime_distances.png", dpi=100)
+    log(
+        f"report: {len(runs)} runs, {len(study['cells'])} cells in {time.time() - t:.0f} s -> "
+        + ", ".join(str(p) for p in paths.values())
+    )
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=ROOT / "runs" / "regime", help="run folders")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "docs" / "evidence", help="where regime.md/.csv/.json go"
+    )
+    ap.add_argument(
+        "--figures",
+        type=Path,
+        default=ROOT / "docs" / "figures",
+        help="where regime_ece.png and regime_distances.png go",
+    )
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    ap.add_argument("--workers", type=int, default=1, help="ladders trained at once")
+    ap.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds from the start after which no rung starts that would not end",
+    )
+    ap.add_argument(
+        "--hard-deadline",
+        type=float,
+        default=None,
+        help="seconds from the start at which workers are terminated (default: deadline + 90)",
+    )
+    ap.add_argument("--presets", nargs="+", default=None, help=f"default {list(PRESETS)}")
+    ap.add_argument(
+        "--fast",
+        action="store_true",
+        help="tiny only, synthetic shapes, 4 and 8 iterations, 2 seeds",
+    )
+    ap.add_argument(
+        "--lengths",
+        nargs="+",
+        type=int,
+        default=None,
+        help=f"training lengths (default {list(LENGTHS)}; --fast: 4 8)",
+    )
+    ap.add_argument("--report-only", action="store_true", help="no training: tables and figures")
+    ap.add_argument("--tar", type=Path, default=None, help="write runs_<preset>.tar.xz here")
+    ap.add_argument(
+        "--chosen",
+        type=Path,
+        default=ROOT / "docs" / "evidence" / "chosen.json",
+        help="the default regime's choice (report --choose-on val)",
+    )
+    args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error("--workers must be >= 1")
+    from mls_tutorial.device import pick_device
+
+    args.device = str(pick_device(args.device))
+    presets = tuple(args.presets or (("tiny",) if args.fast else PRESETS))
+    lengths = tuple(args.lengths or ((4, 8) if args.fast else LENGTHS))
+    choose, report_seeds = ((1,), (2,)) if args.fast else (CHOOSE_SEEDS, REPORT_SEEDS)
+    grid = FAST_GRID if args.fast else GRID
+    common = FAST_CONFIG if args.fast else {}
+    defaults = default_knobs(args.chosen)
+    protocol = {
+        "presets": list(presets),
+        "lengths": list(lengths),
+        "choose_seeds": list(choose),
+        "report_seeds": list(report_seeds),
+        "defaults": defaults,
+        "grid": {f: [k, list(v)] for f, (k, v) in grid.items()},
+        "config": common,
+        "fast": args.fast,
+    }
+    args.root.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        import torch
+
+        tasks = plan(presets, lengths, defaults, grid, common, choose, report_seeds)
+        log(
+            f"[plan] {len(tasks)} ladders (tiers 1-2) of {list(lengths)} iterations on "
+            f"{args.device} with {args.workers} workers; deadline {args.deadline} s"
+        )
+        sched = Scheduler(args, tasks, lengths, defaults, grid, common, choose, report_seeds)
+        if args.workers == 1:
+            sched.run_serial()
+        else:
+            sched.run_parallel()
+        machine = f"{torch_threads()} CPU cores"
+        if args.device.startswith("cuda"):
+            machine = f"one {torch.cuda.get_device_name()} (torch {torch.__version__}), " + machine
+        else:
+            machine += f" (torch {torch.__version__})"
+        cut = summarize(sched.skipped, "not started")
+        cut += summarize(sched.terminated, "terminated in flight (their finished rungs are kept)")
+        short = [
+            f"{r['task']['preset']} {r['task']['config']['loss']} "
+            f"{r['task']['config']['loss_kwargs']} seed {r['task']['seed']} stopped after "
+            f"{max(r['done'], default=0)} iterations"
+            for r in sched.finished
+            if len(r["done"]) < len(lengths)
+        ]
+        info = {
+            "command": "python docs/regime_study.py "
+            + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+            "machine": machine,
+            "workers": args.workers,
+            "elapsed_s": sched.elapsed(),
+            "seconds_per_iteration": {p: sched.rate(p) for p in sched.rates},
+            "cut": cut + short,
+            "errors": [r["error"] for r in sched.finished if r.get("error")],
+            "ladders": [
+                {"task": r["task"], "rungs": r["rungs"], "error": r.get("error")}
+                for r in sched.finished
+            ],
+        }
+        from mls_tutorial.train.checkpoint import write_json
+
+        write_json(info, args.root / RUN_INFO)
+        log(
+            f"[trained] {len(sched.finished)} ladders in {sched.elapsed():.0f} s; "
+            f"{len(sched.skipped)} not started, {len(sched.terminated)} terminated, "
+            f"{len(short)} stopped early"
+        )
+    if args.tar is not None:
+        t = time.time()
+        for p in tar_runs(args.root, args.tar, presets):
+            log(f"[tar] {p} {p.stat().st_size / 2**20:.1f} MiB ({time.time() - t:.0f} s)")
+    report(args, protocol)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

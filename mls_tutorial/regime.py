@@ -1,0 +1,709 @@
+"""The regime study: when does the margin help? Model capacity x training length.
+
+A **cell** is one (U-Net preset, training iterations). In each cell every loss family is
+trained on two disjoint sets of seeds:
+
+- ``choose_seeds``: the family's knob is chosen on **validation** numbers of these seeds only,
+  by the rule of ``mls-tutorial report --choose-on val`` (``results.choose_on_validation``);
+- ``report_seeds``: the **test** numbers reported, for the knob chosen in the default regime
+  (``default``) and the knob re-chosen in this cell (``chosen``), each with its paired
+  difference to CE seed by seed and the number of seeds on which it beats CE.
+
+Per run (``run_record``): the test metrics, the validation metrics the rule reads, how far the
+run went into memorisation (``history_divergence``) and its logit distances at the end of
+training (``measure_distances``: exact mean and share above the margin, on the test volumes and
+on the training images, kept in the run folder's ``distances.json``).
+
+``regime_study(runs, ...)`` -> the dict written as ``regime.json`` (protocol, cells, findings,
+CE's distance histograms); ``regime_markdown`` / ``records_csv`` its tables;
+``finding_paragraph`` the finding in one paragraph, every number read from the dict.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mls_tutorial.results import (
+    LOWER_IS_BETTER,
+    choose_on_validation,
+    paired_difference,
+    results_table,
+)
+from mls_tutorial.runs import Run, run_key
+
+DISTANCES_FILE = "distances.json"
+#: the families of the study, in the order of the tables (CE first, CE + TS last)
+FAMILIES = ("ce", "ls", "ecp", "mbls", "cals", "ce_ts")
+LABELS = {"ce": "CE", "ls": "LS", "ecp": "ECP", "mbls": "MbLS", "cals": "CALS", "ce_ts": "CE + TS"}
+#: per-run numbers averaged over seeds in each cell (the paired ones first)
+PAIRED = ("ece", "gap", "dice", "tce", "dice_bayes")
+CELL_METRICS = (
+    *PAIRED,
+    "hd95",
+    "val_dice",
+    "val_ece",
+    "val_nll_rise",
+    "train_loss_fall",
+    "test_mean_distance",
+    "test_share_above_margin",
+    "train_mean_distance",
+    "train_share_above_margin",
+    "seconds",
+)
+
+
+# ------------------------------------------------------------------------------ one run
+
+
+def history_divergence(history: Mapping[str, Any]) -> dict[str, float | None]:
+    """How far training went past its best validation NLL (memorisation), from ``history``.
+
+    With ``nll`` the foreground NLL of the validation volumes (``val_fg_nll``) and ``loss`` the
+    training loss, each read as the mean over the ``w`` iterations up to a validation
+    (``w`` = the gap between validations)::
+
+        val_nll_rise    = nll(last) - min nll          (>= 0: how far validation got worse)
+        train_loss_fall = loss(at min nll) - loss(last) (> 0: training kept improving)
+
+    Both positive: the train and validation losses diverged. None without validations.
+    """
+    its, nll = list(history.get("val_iteration") or []), list(history.get("val_fg_nll") or [])
+    out = dict.fromkeys(
+        ("val_nll_min", "val_nll_min_iteration", "val_nll_last", "val_nll_rise"), None
+    )
+    out.update(train_loss_at_min=None, train_loss_last=None, train_loss_fall=None)
+    pairs = [(i, v) for i, v in zip(its, nll, strict=False) if v is not None and math.isfinite(v)]
+    if not pairs:
+        return out
+    best_it, best = min(pairs, key=lambda p: (p[1], p[0]))
+    last_it, last = pairs[-1]
+    out.update(
+        val_nll_min=best, val_nll_min_iteration=best_it, val_nll_last=last, val_nll_rise=last - best
+    )
+    loss = dict(zip(history.get("iteration") or [], history.get("loss") or [], strict=False))
+    w = its[1] - its[0] if len(its) > 1 else max(1, its[0])
+
+    def window(it: int) -> float | None:
+        values = [loss[i] for i in range(it - w + 1, it + 1) if i in loss]
+        return float(np.mean(values)) if values else None
+
+    at_min, at_last = window(best_it), window(last_it)
+    out.update(train_loss_at_min=at_min, train_loss_last=at_last)
+    if at_min is not None and at_last is not None:
+        out["train_loss_fall"] = at_min - at_last
+    return out
+
+
+def measure_distances(
+    run: Run, data, *, device=None, margins: Sequence[float] = (5.0,), batch_size: int = 32
+) -> dict[str, Any]:
+    """Exact logit-distance summary of ``run``'s last weights on the test volumes and on the
+    training images (``metrics.distance_summary``); written to ``<run>/distances.json``."""
+    import torch
+
+    from mls_tutorial.device import pick_device
+    from mls_tutorial.metrics import distance_summary
+    from mls_tutorial.train.checkpoint import write_json
+    from mls_tutorial.train.evaluation import predict_logits
+
+    if run.config.get("temperature_scaling"):
+        raise ValueError("measure_distances: a temperature-scaled run has its base run's logits")
+    dev = pick_device(device)
+    model = run.load_model(dev, which="last")
+    amp = run.config["amp"]
+
+    def logits(images: torch.Tensor):
+        return predict_logits(model, images, device=dev, batch_size=batch_size, amp=amp)
+
+    train_images = data.train.images
+    out = {
+        "margins": [float(m) for m in margins],
+        "test": distance_summary((logits(v.image) for v in data.test), margins),
+        "train": distance_summary(logits(train_images), margins),
+    }
+    for part in ("test", "train"):  # JSON keys are strings
+        out[part]["share_above"] = {f"{m:g}": v for m, v in out[part]["share_above"].items()}
+    write_json(out, run.path / DISTANCES_FILE)
+    return out
+
+
+def read_distances(run: Run) -> dict[str, Any] | None:
+    """``<run>/distances.json`` (``measure_distances``), or None when absent."""
+    from mls_tutorial.train.checkpoint import read_json
+
+    path = run.path / DISTANCES_FILE
+    return read_json(path) if path.is_file() else None
+
+
+def knob_text(config: Mapping[str, Any]) -> str:
+    """The knobs of a run's loss, e.g. ``alpha=0.03`` or ``margin=5``; ``-`` for none."""
+    from mls_tutorial.runs import KNOBS
+
+    kw = config.get("loss_kwargs", {})
+    knobs = [f"{k}={float(kw[k]):g}" for k in KNOBS.get(config["loss"], ()) if k in kw]
+    return " ".join(knobs) or "-"
+
+
+def run_record(run: Run, margin: float = 5.0) -> dict[str, Any]:
+    """One flat row per run: cell, family, knobs, seed, test and validation metrics,
+    ``history_divergence`` and the distances of ``distances.json`` at ``margin``."""
+    from mls_tutorial.sweep import family
+
+    cfg, m = run.config, run.metrics
+    val = m.get("val") or {}
+    rec: dict[str, Any] = {
+        "preset": cfg["preset"],
+        "iterations": cfg["iterations"],
+        "family": family(cfg),
+        "method": run.label,
+        "knobs": knob_text(cfg),
+        "seed": cfg["seed"],
+        "run": run.name,
+        "key": run_key({**cfg, "seed": 0}),
+    }
+    for key in (*PAIRED, "hd95", "ece_true", "temperature"):
+        rec[key] = m.get(key)
+    for key in ("dice", "ece", "gap"):
+        rec[f"val_{key}"] = val.get(key)
+    div = history_divergence(run.history)
+    rec.update({k: div[k] for k in ("val_nll_rise", "train_loss_fall", "val_nll_min_iteration")})
+    rec["seconds"] = run.history.get("seconds")
+    dist = None if cfg.get("temperature_scaling") else read_distances(run)
+    for part in ("test", "train"):
+        summary = (dist or {}).get(part) or {}
+        rec[f"{part}_mean_distance"] = summary.get("mean")
+        rec[f"{part}_share_above_margin"] = (summary.get("share_above") or {}).get(f"{margin:g}")
+    return rec
+
+
+# ------------------------------------------------------------------------------- cells
+
+
+def _stats(values: Sequence[Any]) -> tuple[float | None, float | None]:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    mean = float(np.mean(finite)) if finite else None
+    return mean, (float(np.std(finite, ddof=1)) if len(finite) > 1 else None)
+
+
+def _matches(loss_kwargs: Mapping[str, Any], knobs: Mapping[str, Any]) -> bool:
+    return all(
+        k in loss_kwargs and math.isclose(float(loss_kwargs[k]), float(v)) for k, v in knobs.items()
+    )
+
+
+def _row(records: Sequence[dict], family: str, loss_kwargs: dict) -> dict[str, Any]:
+    """Mean, std and per-seed values of ``CELL_METRICS`` over one config's records."""
+    records = sorted(records, key=lambda r: r["seed"])
+    first = records[0]
+    row: dict[str, Any] = {
+        "family": family,
+        "method": first["method"],
+        "knobs": first["knobs"],
+        "key": first["key"],
+        "loss_kwargs": loss_kwargs,
+        "seeds": [r["seed"] for r in records],
+        "which": [],
+    }
+    for k in CELL_METRICS:
+        row[f"{k}_values"] = [r.get(k) for r in records]
+        row[k], row[f"{k}_std"] = _stats(row[f"{k}_values"])
+    return row
+
+
+def regime_cells(
+    runs: Sequence[Run],
+    records: Sequence[dict],
+    *,
+    choose_seeds: Sequence[int],
+    report_seeds: Sequence[int],
+    defaults: Mapping[str, Mapping[str, Any]],
+    dice_tolerance: float = 0.01,
+) -> list[dict[str, Any]]:
+    """One dict per (preset, iterations) cell present in ``runs`` (see the module docstring).
+
+    ``defaults``: ``{family: {knob: value}}``, the configs chosen in the default regime.
+    ``records``: ``run_record`` of each run (same order). A cell lists what it lacks in
+    ``missing`` (no CE on the choosing seeds: nothing re-chosen; a config without report seeds).
+    """
+    if set(choose_seeds) & set(report_seeds):
+        raise ValueError(
+            f"choose_seeds {sorted(choose_seeds)} and report_seeds {sorted(report_seeds)} "
+            "overlap: the reported seeds must never have been used for choosing"
+        )
+    if len(runs) != len(records):
+        raise ValueError(f"{len(runs)} runs but {len(records)} records")
+    by_cell: dict[tuple, list[int]] = {}
+    for i, rec in enumerate(records):
+        by_cell.setdefault((rec["preset"], rec["iterations"]), []).append(i)
+    cells = []
+    for (preset, iterations), idx in sorted(by_cell.items(), key=lambda kv: _cell_order(kv[0])):
+        cell_runs = [runs[i] for i in idx]
+        cell_recs = [records[i] for i in idx]
+        cells.append(
+            _cell(
+                preset,
+                iterations,
+                cell_runs,
+                cell_recs,
+                choose_seeds,
+                report_seeds,
+                defaults,
+                dice_tolerance,
+            )
+        )
+    return cells
+
+
+def _cell_order(cell: tuple[str, int]) -> tuple:
+    from mls_tutorial.models import PRESETS
+
+    order = list(PRESETS)
+    return (order.index(cell[0]) if cell[0] in order else len(order), cell[0], cell[1])
+
+
+def _cell(preset, iterations, runs, records, choose_seeds, report_seeds, defaults, tol) -> dict:
+    missing: list[str] = []
+    choice: dict[str, dict] = {}
+    choosing = [r for r in runs if r.config["seed"] in choose_seeds]
+    rows = results_table(choosing) if choosing else []
+    if any(r["family"] == "ce" for r in rows):
+        for c in choose_on_validation(rows, dice_tolerance=tol):
+            best = c["chosen"]
+            choice[c["family"]] = {
+                "chosen": best["method"],
+                "key": best["key"],
+                "loss_kwargs": {k: v for k, v in best["loss_kwargs"].items() if k != "validate"},
+                "eligible": c["eligible"],
+                "seeds": c["seeds"],
+                "candidates": c["candidates"],
+            }
+    else:
+        missing.append("no CE run on the choosing seeds: no knob re-chosen")
+    reported = [r for r in records if r["seed"] in report_seeds]
+    groups: dict[str, list[dict]] = {}
+    for rec in reported:
+        groups.setdefault(rec["key"], []).append(rec)
+    kwargs_of = {run_key({**r.config, "seed": 0}): r.config["loss_kwargs"] for r in runs}
+    out_rows: list[dict] = []
+
+    def add(fam: str, key: str | None, which: str, knobs: Mapping | None = None) -> None:
+        if key is None or key not in groups:
+            what = LABELS[fam] + (f" {_knob_str(knobs)}" if knobs else "")
+            missing.append(f"{which} {what}: no run on the report seeds")
+            return
+        for row in out_rows:
+            if row["key"] == key:
+                row["which"].append(which)
+                return
+        kw = {k: v for k, v in kwargs_of[key].items() if k != "validate"}
+        row = _row(groups[key], fam, kw)
+        row["which"].append(which)
+        out_rows.append(row)
+
+    def key_where(fam: str, knobs: Mapping) -> str | None:
+        keys = {r["key"] for r in records if r["family"] == fam}
+        hits = [k for k in keys if _matches(kwargs_of[k], knobs)]
+        return hits[0] if len(hits) == 1 else None
+
+    for fam in FAMILIES:
+        if fam in ("ce", "ce_ts"):
+            add(fam, key_where(fam, {}), "reference" if fam == "ce" else "default")
+            if fam in choice:
+                add(fam, choice[fam]["key"], "chosen")
+            continue
+        knobs = defaults.get(fam)
+        if knobs is not None:
+            add(fam, key_where(fam, knobs), "default", knobs)
+        if fam in choice:
+            add(fam, choice[fam]["key"], "chosen", choice[fam]["loss_kwargs"])
+    ce = next((r for r in out_rows if r["family"] == "ce"), None)
+    for row in out_rows:
+        row["vs_ce"] = {}
+        if ce is None or row is ce:
+            continue
+        for k in PAIRED:
+            d = paired_difference(row, ce, k)
+            row["vs_ce"][k] = {key: d[key] for key in ("mean", "std", "n", "n_better", "diffs")}
+            row["vs_ce"][k]["seeds"] = d["seeds"]
+    return {
+        "preset": preset,
+        "iterations": iterations,
+        "n_runs": len(runs),
+        "choice": choice,
+        "rows": out_rows,
+        "missing": missing,
+    }
+
+
+def _knob_str(knobs: Mapping) -> str:
+    return " ".join(f"{k}={float(v):g}" for k, v in knobs.items() if k != "validate")
+
+
+# ------------------------------------------------------------------------------ findings
+
+
+def cell_row(cell: Mapping, family: str, which: str = "chosen") -> dict | None:
+    """The row of ``family`` in ``cell`` that is ``which`` (``chosen``, ``default``,
+    ``reference``), or None."""
+    for row in cell["rows"]:
+        if row["family"] == family and which in row["which"]:
+            return row
+    return None
+
+
+def regime_findings(cells: Sequence[Mapping], which: str = "chosen") -> dict[str, Any]:
+    """Per preset and length, CE's regime and each family's advantage over CE.
+
+    ``{preset: {"lengths": [...], "ce": {"<iterations>": {ece, gap, dice, val_nll_rise,
+    test_mean_distance, train_mean_distance, train_share_above_margin}}, "advantage": {family:
+    {"<iterations>": {delta_ece, delta_ece_std, relative (delta / CE's mean ECE on the same seeds),
+    n_better, n, delta_dice, dice_n_better, method}}}}}``, for the ``which`` config of each
+    family (``chosen``: re-chosen in the cell). Lengths are string keys, as in JSON.
+    """
+    out: dict[str, Any] = {}
+    for cell in cells:
+        p, n = cell["preset"], cell["iterations"]
+        entry = out.setdefault(p, {"lengths": [], "ce": {}, "advantage": {}})
+        ce = cell_row(cell, "ce", "reference")
+        if ce is None:
+            continue
+        entry["lengths"].append(n)
+        entry["ce"][str(n)] = {
+            k: ce.get(k)
+            for k in (
+                "ece",
+                "gap",
+                "dice",
+                "val_nll_rise",
+                "train_loss_fall",
+                "test_mean_distance",
+                "train_mean_distance",
+                "test_share_above_margin",
+                "train_share_above_margin",
+            )
+        }
+        entry["ce"][str(n)]["seeds"] = ce["seeds"]
+        for fam in FAMILIES[1:]:
+            row = cell_row(cell, fam, which) or (
+                cell_row(cell, fam, "default") if fam == "ce_ts" else None
+            )
+            if row is None or "ece" not in row["vs_ce"]:
+                continue
+            d, dd = row["vs_ce"]["ece"], row["vs_ce"]["dice"]
+            base = _stats(
+                [v for s, v in zip(ce["seeds"], ce["ece_values"], strict=True) if s in d["seeds"]]
+            )[0]
+            entry["advantage"].setdefault(fam, {})[str(n)] = {
+                "method": row["method"],
+                "delta_ece": d["mean"],
+                "delta_ece_std": d["std"],
+                "relative": None if d["mean"] is None or not base else d["mean"] / base,
+                "n_better": d["n_better"],
+                "n": d["n"],
+                "delta_gap": row["vs_ce"]["gap"]["mean"],
+                "delta_dice": dd["mean"],
+                "dice_n_better": dd["n_better"],
+            }
+    for entry in out.values():
+        entry["lengths"] = sorted(entry["lengths"])
+    return out
+
+
+def regime_study(
+    runs: Sequence[Run],
+    *,
+    choose_seeds: Sequence[int],
+    report_seeds: Sequence[int],
+    defaults: Mapping[str, Mapping[str, Any]],
+    margin: float = 5.0,
+    dice_tolerance: float = 0.01,
+    protocol: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(study, records)``: the dict written as ``regime.json`` and one record per run."""
+    runs = list(runs)
+    records = [run_record(r, margin) for r in runs]
+    cells = regime_cells(
+        runs,
+        records,
+        choose_seeds=choose_seeds,
+        report_seeds=report_seeds,
+        defaults=defaults,
+        dice_tolerance=dice_tolerance,
+    )
+    histograms = [
+        {
+            "preset": r.config["preset"],
+            "iterations": r.config["iterations"],
+            "seed": r.config["seed"],
+            "method": r.label,
+            "histogram": r.metrics["histogram"],
+        }
+        for r in runs
+        if r.config["loss"] == "ce" and not r.config["temperature_scaling"]
+    ]
+    study = {
+        "protocol": {
+            **dict(protocol or {}),
+            "choose_seeds": sorted(choose_seeds),
+            "report_seeds": sorted(report_seeds),
+            "defaults": {k: dict(v) for k, v in defaults.items()},
+            "margin": float(margin),
+            "dice_tolerance": dice_tolerance,
+            "n_runs": len(runs),
+        },
+        "cells": cells,
+        "findings": {
+            "chosen": regime_findings(cells, "chosen"),
+            "default": regime_findings(cells, "default"),
+        },
+        "histograms": histograms,
+    }
+    return study, records
+
+
+# ------------------------------------------------------------------------------ formats
+
+RECORD_COLUMNS = (
+    "preset",
+    "iterations",
+    "family",
+    "method",
+    "knobs",
+    "seed",
+    "role",
+    "dice",
+    "dice_bayes",
+    "hd95",
+    "ece",
+    "ece_true",
+    "tce",
+    "gap",
+    "temperature",
+    "val_dice",
+    "val_ece",
+    "val_gap",
+    "val_nll_rise",
+    "train_loss_fall",
+    "val_nll_min_iteration",
+    "test_mean_distance",
+    "test_share_above_margin",
+    "train_mean_distance",
+    "train_share_above_margin",
+    "seconds",
+    "run",
+)
+
+
+def records_csv(
+    records: Sequence[Mapping], choose_seeds: Sequence[int], report_seeds: Sequence[int]
+) -> str:
+    """CSV, one line per run; ``role`` says whether its seed chooses or reports."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(RECORD_COLUMNS)
+    for rec in sorted(
+        records,
+        key=lambda r: (
+            _cell_order((r["preset"], r["iterations"])),
+            r["family"],
+            r["key"],
+            r["seed"],
+        ),
+    ):
+        role = (
+            "choose"
+            if rec["seed"] in choose_seeds
+            else "report"
+            if rec["seed"] in report_seeds
+            else "-"
+        )
+        writer.writerow([role if c == "role" else rec.get(c) for c in RECORD_COLUMNS])
+    return out.getvalue()
+
+
+def _cell_text(mean, std, digits=3, sign=False) -> str:
+    if mean is None:
+        return "-"
+    text = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+    return text + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def _paired_text(d: Mapping | None, key: str) -> str:
+    if not d or d.get("mean") is None:
+        return "-"
+    better = "lower" if key in LOWER_IS_BETTER else "higher"
+    return f"{_cell_text(d['mean'], d['std'], sign=True)} ({better} on {d['n_better']}/{d['n']})"
+
+
+def cell_markdown(cell: Mapping) -> str:
+    """One cell's table: every reported row, its test numbers over the report seeds and the
+    paired difference to CE."""
+    head = [
+        "family",
+        "config",
+        "as",
+        "seeds",
+        "DSC",
+        "DSC vs argmax q",
+        "ECE (fg)",
+        "TCE (fg)",
+        "conf - acc (fg)",
+        "ΔECE vs CE",
+        "Δgap vs CE",
+        "ΔDSC vs CE",
+        "val NLL rise",
+        "mean d (test / train)",
+        "share d > m (train)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for row in cell["rows"]:
+        v = row["vs_ce"]
+        cells = [
+            LABELS.get(row["family"], row["family"]),
+            row["method"],
+            ", ".join(row["which"]),
+            str(len(row["seeds"])),
+            _cell_text(row["dice"], row["dice_std"]),
+            _cell_text(row["dice_bayes"], row["dice_bayes_std"]),
+            _cell_text(row["ece"], row["ece_std"]),
+            _cell_text(row["tce"], row["tce_std"]),
+            _cell_text(row["gap"], row["gap_std"], sign=True),
+            _paired_text(v.get("ece"), "ece"),
+            "-" if "gap" not in v else _cell_text(v["gap"]["mean"], v["gap"]["std"], sign=True),
+            _paired_text(v.get("dice"), "dice"),
+            _cell_text(row["val_nll_rise"], None),
+            f"{_cell_text(row['test_mean_distance'], None, 2)} / "
+            f"{_cell_text(row['train_mean_distance'], None, 2)}",
+            _cell_text(row["train_share_above_margin"], None),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def choice_markdown(cells: Sequence[Mapping]) -> str:
+    """What the rule chose in each cell (validation numbers of the choosing seeds)."""
+    fams = [f for f in FAMILIES if f not in ("ce", "ce_ts")]
+    head = ["preset", "iterations", *(f"{LABELS[f]} (val ECE)" for f in fams)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for cell in cells:
+        cells_ = [cell["preset"], str(cell["iterations"])]
+        for f in fams:
+            c = cell["choice"].get(f)
+            if c is None:
+                cells_.append("-")
+                continue
+            val = next((x["val_ece"] for x in c["candidates"] if x["method"] == c["chosen"]), None)
+            flag = "" if c["eligible"] else " (none within 1 pt)"
+            cells_.append(f"{c['chosen']}{flag} ({_cell_text(val, None)})")
+        lines.append("| " + " | ".join(cells_) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def trend_markdown(findings: Mapping[str, Any]) -> str:
+    """CE's regime and each family's paired ΔECE vs CE (relative, seeds better) per length."""
+    head = ["preset", "iterations", "CE ECE", "CE gap", "CE val NLL rise", "CE mean d (train)"]
+    fams = [f for f in FAMILIES[1:]]
+    head += [f"{LABELS[f]} ΔECE" for f in fams]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for preset, entry in findings.items():
+        for n in entry["lengths"]:
+            ce = entry["ce"][str(n)]
+            cells = [
+                preset,
+                str(n),
+                _cell_text(ce["ece"], None),
+                _cell_text(ce["gap"], None, sign=True),
+                _cell_text(ce["val_nll_rise"], None),
+                _cell_text(ce["train_mean_distance"], None, 2),
+            ]
+            for f in fams:
+                a = entry["advantage"].get(f, {}).get(str(n))
+                if a is None or a["delta_ece"] is None:
+                    cells.append("-")
+                    continue
+                rel = "" if a["relative"] is None else f", {100 * a['relative']:+.0f}%"
+                cells.append(f"{a['delta_ece']:+.3f}{rel} ({a['n_better']}/{a['n']})")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def regime_markdown(study: Mapping[str, Any]) -> str:
+    """The tables of ``regime.md``: trend (chosen and default knobs), the choices, each cell."""
+    parts = [
+        "## The margin's advantage against the regime (knobs re-chosen in each cell)\n",
+        "Paired ΔECE = method − CE on the same report seed (mean; relative to CE's mean ECE; "
+        "seeds on which the method's ECE is lower / seeds).\n",
+        trend_markdown(study["findings"]["chosen"]),
+        "\n## The same with the knobs chosen in the default regime (docs/evidence/chosen.json)\n",
+        trend_markdown(study["findings"]["default"]),
+        "\n## What the rule chose in each cell (validation, choosing seeds)\n",
+        choice_markdown(study["cells"]),
+    ]
+    for cell in study["cells"]:
+        parts.append(f"\n## {cell['preset']}, {cell['iterations']} iterations\n")
+        parts.append(cell_markdown(cell))
+        if cell["missing"]:
+            parts.append("\nMissing: " + "; ".join(cell["missing"]) + ".\n")
+    return "\n".join(parts)
+
+
+def finding_paragraph(study: Mapping[str, Any], family: str = "mbls") -> str:
+    """The finding in one paragraph, every number read from ``study`` (``regime.json``)."""
+    findings = study["findings"]["chosen"]
+    label = LABELS[family]
+    sentences = []
+    for preset, entry in findings.items():
+        adv = entry["advantage"].get(family, {})
+        lengths = [n for n in entry["lengths"] if adv.get(str(n), {}).get("delta_ece") is not None]
+        if len(lengths) < 2:
+            continue
+        short, long = lengths[0], lengths[-1]
+        a, b = adv[str(short)], adv[str(long)]
+        ce_a, ce_b = entry["ce"][str(short)], entry["ce"][str(long)]
+        grows = (a["relative"] or 0) > (b["relative"] or 0)
+        sentences.append(
+            f"{preset}: from {short} to {long} iterations CE's foreground ECE goes "
+            f"{ce_a['ece']:.3f} -> {ce_b['ece']:.3f} (gap {ce_a['gap']:+.3f} -> {ce_b['gap']:+.3f}), "
+            f"and {label}'s paired ECE change against CE goes {a['delta_ece']:+.3f} "
+            f"({_pct(a['relative'])}, lower on {a['n_better']}/{a['n']} seeds) -> "
+            f"{b['delta_ece']:+.3f} ({_pct(b['relative'])}, {b['n_better']}/{b['n']}): "
+            + ("the margin's advantage grows" if grows else "the margin's advantage does not grow")
+        )
+    if not sentences:
+        return f"The study holds no preset with {label} at two lengths: no trend can be stated."
+    return "; ".join(sentences) + "."
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.0f}%"
+
+
+def write_study(
+    study: Mapping[str, Any],
+    records: Sequence[Mapping],
+    out_dir: str | Path,
+    name: str = "regime",
+    header: str = "",
+) -> dict[str, Path]:
+    """``<name>.json``, ``<name>.csv`` (one line per run) and ``<name>.md`` (``header``, then
+    the tables), atomically."""
+    from mls_tutorial.train.checkpoint import atomic_write, write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{name}.{ext}" for ext in ("json", "csv", "md")}
+    write_json(study, paths["json"])
+    text = records_csv(
+        records, study["protocol"]["choose_seeds"], study["protocol"]["report_seeds"]
+    )
+    atomic_write(paths["csv"], lambda f: f.write(text.encode()))
+    md = header + regime_markdown(study)
+    atomic_write(paths["md"], lambda f: f.write(md.encode()))
+    return paths
