@@ -57,6 +57,7 @@ FAST_CONFIG = {  # the synthetic shapes of the test suite: seconds, not minutes
     "val_every": 4,
 }
 MARGIN = 5.0  # distances are counted above the default regime's MbLS margin
+DISTANCE_MARGINS = (3.0, 5.0, 10.0)  # the MbLS / CALS grid: each run's own margin too
 FIRST_GUESS_S_PER_IT = {"tiny": 0.02, "small": 0.025, "paper": 0.06}
 EVAL_SECONDS = 8.0  # evaluation, distances and TS after a rung (measured ones replace it)
 RUN_INFO = "regime_run.json"
@@ -129,18 +130,18 @@ def plan(presets, lengths, defaults, grid, common, choose, report) -> list[dict]
 
 def rechosen_tasks(root, preset, lengths, defaults, grid, common, choose, report, done_keys):
     """Tier 3: the knobs the rule re-chose in this preset's cells that are not the defaults."""
-    from mls_tutorial.results import choose_on_validation, results_table
+    from mls_tutorial.regime import choose_per_family
+    from mls_tutorial.results import results_table
     from mls_tutorial.runs import find_runs
 
     runs = [r for r in find_runs(root, preset=preset) if r.config["seed"] in choose]
     tasks = []
     for n in lengths:
         cell = [r for r in runs if r.config["iterations"] == n]
-        rows = results_table(cell)
-        if not any(r["family"] == "ce" for r in rows):
-            continue
-        for c in choose_on_validation(rows):
-            fam = c["family"]
+        picked, problems = choose_per_family(results_table(cell) if cell else [])
+        for text in problems:
+            log(f"[choice] {preset} {n} it: {text}")
+        for fam, c in picked.items():
             if fam not in FAMILIES:
                 continue
             kw = {k: float(c["chosen"]["loss_kwargs"][k]) for k in defaults[fam]}
@@ -192,7 +193,7 @@ def run_chain(task: dict, root: str, device: str, deadline: float | None, rate: 
         run = runs[-1]
         trained = time.time() - t0
         if not (run.path / DISTANCES_FILE).is_file():
-            measure_distances(run, data, device=device, margins=(MARGIN,))
+            measure_distances(run, data, device=device, margins=DISTANCE_MARGINS)
         if cfg["loss"] == "ce":
             load_or_train(
                 {**run.config, "temperature_scaling": True},
@@ -276,23 +277,31 @@ class Scheduler:
             if preset in self.tier3_added or not self.choosing_done(preset, inflight_tasks):
                 continue
             self.tier3_added.add(preset)
-            new = rechosen_tasks(
-                self.args.root,
-                preset,
-                self.lengths,
-                self.defaults,
-                self.grid,
-                self.common,
-                self.choose,
-                self.report,
-                self.rechosen_done,
-            )
+            try:
+                new = rechosen_tasks(
+                    self.args.root,
+                    preset,
+                    self.lengths,
+                    self.defaults,
+                    self.grid,
+                    self.common,
+                    self.choose,
+                    self.report,
+                    self.rechosen_done,
+                )
+            except Exception as exc:  # noqa: BLE001 - the study goes on without tier 3 here
+                log(f"[choice] {preset}: tier 3 not planned: {type(exc).__name__}: {exc}")
+                continue
             self.pending[:0] = new  # ahead of everything not yet started
 
     def next_task(self):
-        if self.deadline is not None and time.time() > self.deadline - 10:
-            return None
-        return self.pending.pop(0) if self.pending else None
+        """The first pending ladder whose first rung would end before the deadline."""
+        for i, task in enumerate(self.pending):
+            first = task["lengths"][0]
+            need = self.rate(task["preset"]) * first * 1.15 + EVAL_SECONDS
+            if self.deadline is None or time.time() + need < self.deadline:
+                return self.pending.pop(i)
+        return None
 
     def run_serial(self) -> None:
         init_worker(max(1, torch_threads()))
@@ -419,7 +428,7 @@ def tar_runs(root: Path, out: Path, presets) -> list[Path]:
         if not folders:
             return None
         path = out / f"runs_{preset}.tar.xz"
-        with tarfile.open(path, "w:xz", preset=6) as tar:
+        with tarfile.open(path, "w:xz", preset=4) as tar:
             if (root / RUN_INFO).is_file():
                 tar.add(root / RUN_INFO, arcname=f"regime/{RUN_INFO}")
             for folder in sorted(folders):
@@ -620,10 +629,10 @@ def main(argv=None) -> int:
             f"{args.device} with {args.workers} workers; deadline {args.deadline} s"
         )
         sched = Scheduler(args, tasks, lengths, defaults, grid, common, choose, report_seeds)
-        if args.workers == 1:
-            sched.run_serial()
-        else:
-            sched.run_parallel()
+        try:
+            sched.run_serial() if args.workers == 1 else sched.run_parallel()
+        except BaseException as exc:  # noqa: BLE001 - whatever finished is still written
+            log(f"[scheduler] stopped early: {type(exc).__name__}: {exc}")
         machine = f"{torch_threads()} CPU cores"
         if args.device.startswith("cuda"):
             machine = f"one {torch.cuda.get_device_name()} (torch {torch.__version__}), " + machine
@@ -631,13 +640,12 @@ def main(argv=None) -> int:
             machine += f" (torch {torch.__version__})"
         cut = summarize(sched.skipped, "not started")
         cut += summarize(sched.terminated, "terminated in flight (their finished rungs are kept)")
-        short = [
-            f"{r['task']['preset']} {r['task']['config']['loss']} "
-            f"{r['task']['config']['loss_kwargs']} seed {r['task']['seed']} stopped after "
-            f"{max(r['done'], default=0)} iterations"
-            for r in sched.finished
-            if len(r["done"]) < len(lengths)
-        ]
+        stops: dict[tuple, int] = {}
+        for r in sched.finished:
+            if len(r["done"]) < len(lengths):
+                at = (r["task"]["preset"], max(r["done"], default=0))
+                stops[at] = stops.get(at, 0) + 1
+        short = [f"{p}: {k} ladders stopped after {n} iterations" for (p, n), k in stops.items()]
         info = {
             "command": "python docs/regime_study.py "
             + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),

@@ -268,24 +268,51 @@ def _cell_order(cell: tuple[str, int]) -> tuple:
     return (order.index(cell[0]) if cell[0] in order else len(order), cell[0], cell[1])
 
 
+def choose_per_family(
+    rows: Sequence[dict], dice_tolerance: float = 0.01
+) -> tuple[dict[str, dict], list[str]]:
+    """``results.choose_on_validation`` family by family (each against CE alone), so that one
+    family's gap (e.g. no seed shared with CE) leaves the others' choice intact.
+
+    Returns ``({family: choice record}, [problems])``.
+    """
+    ce = [r for r in rows if r["family"] == "ce"]
+    if len(ce) != 1:
+        return {}, [f"{len(ce)} CE configs on the choosing seeds: no knob re-chosen"]
+    picked, problems = {}, []
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        members = [r for r in rows if r["family"] == fam]
+        try:
+            (rec,) = [
+                c
+                for c in choose_on_validation(
+                    ce + (members if fam != "ce" else []), dice_tolerance=dice_tolerance
+                )
+                if c["family"] == fam
+            ]
+        except ValueError as exc:
+            problems.append(f"{LABELS.get(fam, fam)} not re-chosen: {exc}")
+            continue
+        picked[fam] = rec
+    return picked, problems
+
+
 def _cell(preset, iterations, runs, records, choose_seeds, report_seeds, defaults, tol) -> dict:
     missing: list[str] = []
     choice: dict[str, dict] = {}
     choosing = [r for r in runs if r.config["seed"] in choose_seeds]
-    rows = results_table(choosing) if choosing else []
-    if any(r["family"] == "ce" for r in rows):
-        for c in choose_on_validation(rows, dice_tolerance=tol):
-            best = c["chosen"]
-            choice[c["family"]] = {
-                "chosen": best["method"],
-                "key": best["key"],
-                "loss_kwargs": {k: v for k, v in best["loss_kwargs"].items() if k != "validate"},
-                "eligible": c["eligible"],
-                "seeds": c["seeds"],
-                "candidates": c["candidates"],
-            }
-    else:
-        missing.append("no CE run on the choosing seeds: no knob re-chosen")
+    picked, problems = choose_per_family(results_table(choosing) if choosing else [], tol)
+    missing += problems
+    for fam, c in picked.items():
+        best = c["chosen"]
+        choice[fam] = {
+            "chosen": best["method"],
+            "key": best["key"],
+            "loss_kwargs": {k: v for k, v in best["loss_kwargs"].items() if k != "validate"},
+            "eligible": c["eligible"],
+            "seeds": c["seeds"],
+            "candidates": c["candidates"],
+        }
     reported = [r for r in records if r["seed"] in report_seeds]
     groups: dict[str, list[dict]] = {}
     for rec in reported:
@@ -410,9 +437,39 @@ def regime_findings(cells: Sequence[Mapping], which: str = "chosen") -> dict[str
                 "delta_gap": row["vs_ce"]["gap"]["mean"],
                 "delta_dice": dd["mean"],
                 "dice_n_better": dd["n_better"],
+                "by_seed": dict(zip(map(str, d["seeds"]), d["diffs"], strict=True)),
+                "ce_by_seed": {
+                    str(s): v for s, v in zip(ce["seeds"], ce["ece_values"], strict=True)
+                },
             }
     for entry in out.values():
         entry["lengths"] = sorted(entry["lengths"])
+        entry["trend"] = _trends(entry)
+    return out
+
+
+def _trends(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Shortest vs longest length, seed by seed: how each family's ΔECE vs CE changed
+    (``change`` < 0: its advantage grew on that seed), and how CE's own ECE changed."""
+    out: dict[str, Any] = {}
+    for fam, per in entry["advantage"].items():
+        lengths = [n for n in entry["lengths"] if str(n) in per]
+        if len(lengths) < 2:
+            continue
+        a, b = per[str(lengths[0])], per[str(lengths[-1])]
+        seeds = sorted(set(a["by_seed"]) & set(b["by_seed"]), key=int)
+        change = [b["by_seed"][s] - a["by_seed"][s] for s in seeds]
+        ce_change = [b["ce_by_seed"][s] - a["ce_by_seed"][s] for s in seeds]
+        out[fam] = {
+            "short": lengths[0],
+            "long": lengths[-1],
+            "seeds": [int(s) for s in seeds],
+            "change": change,
+            "mean_change": _stats(change)[0],
+            "n_grew": sum(c < 0 for c in change),
+            "ce_change": ce_change,
+            "ce_n_up": sum(c > 0 for c in ce_change),
+        }
     return out
 
 
@@ -655,30 +712,43 @@ def regime_markdown(study: Mapping[str, Any]) -> str:
 
 
 def finding_paragraph(study: Mapping[str, Any], family: str = "mbls") -> str:
-    """The finding in one paragraph, every number read from ``study`` (``regime.json``)."""
+    """The finding in one paragraph, every number read from ``study`` (``regime.json``).
+
+    Per preset, shortest vs longest length: CE's ECE and gap, ``family``'s paired ΔECE vs CE
+    (relative to CE's ECE, seeds better) at both, and on how many seeds its advantage grew
+    (ΔECE more negative at the long length on that seed). "Grows" / "shrinks" is said only when
+    every seed agrees; otherwise "no consistent change".
+    """
     findings = study["findings"]["chosen"]
     label = LABELS[family]
-    sentences = []
+    sentences, verdicts = [], []
     for preset, entry in findings.items():
-        adv = entry["advantage"].get(family, {})
-        lengths = [n for n in entry["lengths"] if adv.get(str(n), {}).get("delta_ece") is not None]
-        if len(lengths) < 2:
+        trend = entry.get("trend", {}).get(family)
+        if trend is None or not trend["seeds"]:
             continue
-        short, long = lengths[0], lengths[-1]
-        a, b = adv[str(short)], adv[str(long)]
+        short, long = trend["short"], trend["long"]
+        a, b = entry["advantage"][family][str(short)], entry["advantage"][family][str(long)]
         ce_a, ce_b = entry["ce"][str(short)], entry["ce"][str(long)]
-        grows = (a["relative"] or 0) > (b["relative"] or 0)
+        n, grew = len(trend["seeds"]), trend["n_grew"]
+        verdict = "grows" if grew == n else "shrinks" if grew == 0 else "no consistent change"
+        verdicts.append(verdict)
         sentences.append(
-            f"{preset}: from {short} to {long} iterations CE's foreground ECE goes "
-            f"{ce_a['ece']:.3f} -> {ce_b['ece']:.3f} (gap {ce_a['gap']:+.3f} -> {ce_b['gap']:+.3f}), "
-            f"and {label}'s paired ECE change against CE goes {a['delta_ece']:+.3f} "
-            f"({_pct(a['relative'])}, lower on {a['n_better']}/{a['n']} seeds) -> "
-            f"{b['delta_ece']:+.3f} ({_pct(b['relative'])}, {b['n_better']}/{b['n']}): "
-            + ("the margin's advantage grows" if grows else "the margin's advantage does not grow")
+            f"with the {preset} U-Net, from {short} to {long} iterations CE's foreground ECE "
+            f"goes {ce_a['ece']:.3f} -> {ce_b['ece']:.3f} (gap {ce_a['gap']:+.3f} -> "
+            f"{ce_b['gap']:+.3f}; higher on {trend['ce_n_up']} of {n} seeds) while {label}'s "
+            f"paired ECE difference to CE goes {a['delta_ece']:+.3f} ({_pct(a['relative'])}, "
+            f"lower than CE on {a['n_better']}/{a['n']} seeds) -> {b['delta_ece']:+.3f} "
+            f"({_pct(b['relative'])}, {b['n_better']}/{b['n']}); its advantage grew on {grew} "
+            f"of {n} seeds (mean change {trend['mean_change']:+.3f}): {verdict}"
         )
     if not sentences:
         return f"The study holds no preset with {label} at two lengths: no trend can be stated."
-    return "; ".join(sentences) + "."
+    text = "; ".join(sentences) + "."
+    grows = verdicts.count("grows")
+    return (
+        f"{text[0].upper()}{text[1:]} In {grows} of {len(verdicts)} presets the margin's "
+        f"advantage over CE grows with training length on every report seed."
+    )
 
 
 def _pct(x: float | None) -> str:
