@@ -106,52 +106,67 @@ def make_task(preset, loss, kwargs, seed, tier, common, lengths) -> dict[str, An
     return {"config": cfg, "lengths": list(lengths), "tier": tier, "preset": preset, "seed": seed}
 
 
+CHOICE_ORDER = ("mbls", "ecp", "ls", "cals")  # whose knob is re-chosen first
+
+
 def plan(presets, lengths, defaults, grid, common, choose, report) -> list[dict]:
-    """Every ladder of tiers 1 (CE and the defaults, all seeds) and 2 (the other grid points,
-    choosing seeds), in priority order; tier 3 (re-chosen knobs) is added while running."""
+    """Every ladder of tiers 1 (CE and the default knobs on the report seeds) and 2 (CE and
+    every grid point on the choosing seeds), in priority order: per preset (cheap ones first),
+    CE and MbLS's grid on the choosing seeds, then tier 1, then the other families' grids.
+    Tier 3 (a re-chosen knob on the report seeds) is added while running."""
     tasks = []
     for preset in presets:
-        for seed in [*report, *choose]:
-            tasks.append(make_task(preset, "ce", {}, seed, 1, common, lengths))
-            for fam in FAMILIES:
-                tasks.append(make_task(preset, fam, defaults[fam], seed, 1, common, lengths))
+        first, rest = [], []
         for seed in choose:
+            first.append(make_task(preset, "ce", {}, seed, 2, common, lengths))
+        for fam in CHOICE_ORDER:
+            for seed in choose:
+                for kw in family_configs(fam, defaults, grid):
+                    (first if fam == CHOICE_ORDER[0] else rest).append(
+                        make_task(preset, fam, kw, seed, 2, common, lengths)
+                    )
+        report_tasks = []
+        for seed in report:
+            report_tasks.append(make_task(preset, "ce", {}, seed, 1, common, lengths))
             for fam in FAMILIES:
-                for kw in family_configs(fam, defaults, grid)[1:]:
-                    tasks.append(make_task(preset, fam, kw, seed, 2, common, lengths))
-    rank = {p: i for i, p in enumerate(presets)}
-
-    def priority(t):
-        late = t["preset"] in EXPENSIVE
-        return (late, t["tier"] if late else 0, t["tier"] if not late else 0, rank[t["preset"]])
-
-    return sorted(tasks, key=priority)  # stable: seeds and families keep their order
+                report_tasks.append(make_task(preset, fam, defaults[fam], seed, 1, common, lengths))
+        tasks.append(first + report_tasks + rest)
+    cheap = [
+        t for p, group in zip(presets, tasks, strict=True) if p not in EXPENSIVE for t in group
+    ]
+    late = [t for p, group in zip(presets, tasks, strict=True) if p in EXPENSIVE for t in group]
+    return cheap + late
 
 
-def rechosen_tasks(root, preset, lengths, defaults, grid, common, choose, report, done_keys):
-    """Tier 3: the knobs the rule re-chose in this preset's cells that are not the defaults."""
+def rechosen_tasks(root, preset, fam, lengths, defaults, common, choose, report, done_keys):
+    """Tier 3: the knobs of ``fam`` the rule re-chose in this preset's cells (on the choosing
+    seeds' validation numbers) that are not the default: ladders on the report seeds."""
     from mls_tutorial.regime import choose_per_family
     from mls_tutorial.results import results_table
     from mls_tutorial.runs import find_runs
+    from mls_tutorial.sweep import family
 
-    runs = [r for r in find_runs(root, preset=preset) if r.config["seed"] in choose]
+    runs = [
+        r
+        for r in find_runs(root, preset=preset)
+        if r.config["seed"] in choose and family(r.config) in ("ce", fam)
+    ]
     tasks = []
     for n in lengths:
         cell = [r for r in runs if r.config["iterations"] == n]
         picked, problems = choose_per_family(results_table(cell) if cell else [])
         for text in problems:
             log(f"[choice] {preset} {n} it: {text}")
-        for fam, c in picked.items():
-            if fam not in FAMILIES:
-                continue
-            kw = {k: float(c["chosen"]["loss_kwargs"][k]) for k in defaults[fam]}
-            ident = (preset, fam, tuple(sorted(kw.items())))
-            if kw == defaults[fam] or ident in done_keys:
-                continue
-            done_keys.add(ident)
-            log(f"[choice] {preset} {n} it: {fam} re-chosen {kw} -> seeds {list(report)}")
-            for seed in report:
-                tasks.append(make_task(preset, fam, kw, seed, 3, common, lengths))
+        if fam not in picked:
+            continue
+        kw = {k: float(picked[fam]["chosen"]["loss_kwargs"][k]) for k in defaults[fam]}
+        ident = (preset, fam, tuple(sorted(kw.items())))
+        log(f"[choice] {preset} {n} it: {fam} {kw} (default {defaults[fam]})")
+        if kw == defaults[fam] or ident in done_keys:
+            continue
+        done_keys.add(ident)
+        for seed in report:
+            tasks.append(make_task(preset, fam, kw, seed, 3, common, lengths))
     return tasks
 
 
@@ -266,33 +281,43 @@ class Scheduler:
             f"s{task['seed']} t{task['tier']} -> {rungs or 'nothing (deadline)'}"
         )
 
-    def choosing_done(self, preset: str, inflight_tasks) -> bool:
+    def choosing_done(self, preset: str, fam: str, inflight_tasks) -> bool:
+        """Every choosing ladder of CE and ``fam`` in ``preset`` has finished."""
+
         def mine(t):
-            return t["preset"] == preset and t["seed"] in self.choose and t["tier"] < 3
+            return (
+                t["preset"] == preset
+                and t["seed"] in self.choose
+                and t["tier"] < 3
+                and t["config"]["loss"] in ("ce", fam)
+            )
 
         return not any(mine(t) for t in self.pending) and not any(mine(t) for t in inflight_tasks)
 
     def add_tier3(self, inflight_tasks) -> None:
         for preset in dict.fromkeys(r["task"]["preset"] for r in self.finished):
-            if preset in self.tier3_added or not self.choosing_done(preset, inflight_tasks):
-                continue
-            self.tier3_added.add(preset)
-            try:
-                new = rechosen_tasks(
-                    self.args.root,
-                    preset,
-                    self.lengths,
-                    self.defaults,
-                    self.grid,
-                    self.common,
-                    self.choose,
-                    self.report,
-                    self.rechosen_done,
-                )
-            except Exception as exc:  # noqa: BLE001 - the study goes on without tier 3 here
-                log(f"[choice] {preset}: tier 3 not planned: {type(exc).__name__}: {exc}")
-                continue
-            self.pending[:0] = new  # ahead of everything not yet started
+            for fam in CHOICE_ORDER:
+                if (preset, fam) in self.tier3_added:
+                    continue
+                if not self.choosing_done(preset, fam, inflight_tasks):
+                    continue
+                self.tier3_added.add((preset, fam))
+                try:
+                    new = rechosen_tasks(
+                        self.args.root,
+                        preset,
+                        fam,
+                        self.lengths,
+                        self.defaults,
+                        self.common,
+                        self.choose,
+                        self.report,
+                        self.rechosen_done,
+                    )
+                except Exception as exc:  # noqa: BLE001 - the study goes on without it
+                    log(f"[choice] {preset} {fam}: tier 3 not planned: {type(exc).__name__}: {exc}")
+                    continue
+                self.pending[:0] = new  # ahead of everything not yet started
 
     def next_task(self):
         """The first pending ladder whose first rung would end before the deadline."""
@@ -386,7 +411,7 @@ class Scheduler:
         self.skipped.extend(self.pending)
 
 
-TIERS = {1: "CE and default knobs", 2: "other grid points", 3: "re-chosen knobs"}
+TIERS = {1: "CE and default knobs, report seeds", 2: "choosing seeds", 3: "re-chosen knobs"}
 
 
 def summarize(tasks: list[dict], what: str) -> list[str]:
