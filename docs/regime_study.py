@@ -60,7 +60,11 @@ MARGIN = 5.0  # distances are counted above the default regime's MbLS margin
 DISTANCE_MARGINS = (3.0, 5.0, 10.0)  # the MbLS / CALS grid: each run's own margin too
 FIRST_GUESS_S_PER_IT = {"tiny": 0.02, "small": 0.025, "paper": 0.06}
 EVAL_SECONDS = 8.0  # evaluation, distances and TS after a rung (measured ones replace it)
-RUN_INFO = "regime_run.json"
+RUN_INFO = "regime_run_{stamp}.json"  # one per training session
+FULL_COMMAND = (
+    "python docs/regime_study.py --root runs/regime --device cuda --workers 12 "
+    "--deadline 450 --tar runs/regime-tar"
+)
 
 
 def log(msg: str) -> None:
@@ -454,8 +458,8 @@ def tar_runs(root: Path, out: Path, presets) -> list[Path]:
             return None
         path = out / f"runs_{preset}.tar.xz"
         with tarfile.open(path, "w:xz", preset=4) as tar:
-            if (root / RUN_INFO).is_file():
-                tar.add(root / RUN_INFO, arcname=f"regime/{RUN_INFO}")
+            for info in sorted(root.glob("regime_run*.json")):
+                tar.add(info, arcname=f"regime/{info.name}")
             for folder in sorted(folders):
                 tar.add(folder, arcname=f"regime/{folder.name}", filter=keep)
         return path
@@ -465,52 +469,87 @@ def tar_runs(root: Path, out: Path, presets) -> list[Path]:
         return [p for p in pool.map(one, presets) if p is not None]
 
 
-def header(study: dict, info: dict, command: str) -> str:
+def _session_line(info: dict) -> str:
+    rungs: dict[int, int] = {}
+    for lad in info.get("ladders", []):
+        for r in lad["rungs"]:
+            rungs[r["iterations"]] = rungs.get(r["iterations"], 0) + 1
+    errors = info.get("errors") or []
+    text = (
+        f"`{info.get('command', '?')}`: {info.get('machine', '?')}, "
+        f"{info.get('workers', '?')} workers, {info.get('elapsed_s', 0):.0f} s; rungs finished "
+        + (", ".join(f"{k} x {n} it" for n, k in sorted(rungs.items())) or "none")
+    )
+    if errors:
+        kinds = sorted(set(errors))
+        text += f"; {len(errors)} ladders failed ({'; '.join(kinds)})"
+    if info.get("cut"):
+        text += "; not run: " + "; ".join(info["cut"])
+    return text
+
+
+def _timing_lines(records: list[dict]) -> list[str]:
+    """Median training seconds per run (``history.json``), per preset and length."""
+    groups: dict[tuple, list[float]] = {}
+    for r in records:
+        if r["family"] != "ce_ts" and r.get("seconds"):
+            groups.setdefault((r["preset"], r["iterations"]), []).append(float(r["seconds"]))
+    return [
+        f"{p} {n} it: {statistics.median(v):.0f} s ({min(v):.0f}-{max(v):.0f}, {len(v)} runs)"
+        for (p, n), v in sorted(
+            groups.items(),
+            key=lambda kv: (PRESETS.index(kv[0][0]) if kv[0][0] in PRESETS else 9, kv[0][1]),
+        )
+    ]
+
+
+def header(study: dict, infos: list[dict], records: list[dict], command: str) -> str:
     from mls_tutorial.regime import finding_paragraph
 
     p = study["protocol"]
     grid = "; ".join(f"{f} {k} {list(v)}" for f, (k, v) in p["grid"].items())
+    cells = ", ".join(
+        f"{c['preset']} {c['iterations']} ({c['n_runs']} runs)" for c in study["cells"]
+    )
     lines = [
         "# The regime study: when does the margin help?",
         "",
-        "Made by one command (then `--report-only` rebuilds this file, `regime.csv`, "
-        "`regime.json` and the figures from the run folders):",
+        "The study, and the tables and figures again from its run folders:",
         "",
         "```bash",
         command,
+        "python docs/regime_study.py --root runs/regime --report-only  # this file, regime.csv,"
+        " regime.json, docs/figures/regime_*.png",
         "```",
         "",
-        f"- **Cells**: U-Net presets {p['presets']} x training lengths {p['lengths']} "
-        "iterations (Adam, constant lr 1e-3, batch 16, last weights, AMP on CUDA). Each "
-        "config and seed is one ladder: the longer runs resume from the shorter one's last "
-        "checkpoint, which is the run training it alone gives (`sweep.train_ladder`).",
-        f"- **Losses**: CE, LS, ECP, MbLS, CALS and CE + temperature scaling (T fitted on the "
-        f"validation volumes). Default knobs (chosen on validation in the default regime, "
-        f"`docs/evidence/chosen.json`): {p['defaults']}. Grid re-chosen in every cell: {grid}.",
-        f"- **Seeds**: the knobs are re-chosen on validation on seeds {p['choose_seeds']} "
-        f"(the rule of `report --choose-on val`: lowest validation foreground ECE among "
-        f"configs within {p['dice_tolerance']:g} of CE's validation DSC); test numbers are "
-        f"reported on seeds {p['report_seeds']} only, never used to choose anything.",
+        f"- **Cells here**: {cells}. Adam, constant lr 1e-3, batch 16, last weights, bf16 AMP "
+        "on CUDA, the bundled MNI data with sampled labels (the default regime of "
+        "`docs/results.md`). A run of N iterations is the same whether trained alone or "
+        "resumed from a shorter one (`sweep.train_ladder`).",
+        f"- **Losses**: CE, LS, ECP, MbLS, CALS, and CE + temperature scaling (T fitted on the "
+        f"validation volumes). Default knobs, chosen on validation in the default regime "
+        f"(`docs/evidence/chosen.json`, seeds 1-3): {p['defaults']}. Grid from which each "
+        f"cell re-chooses: {grid}.",
+        f"- **Seeds**: knobs re-chosen on the validation numbers of seeds {p['choose_seeds']} "
+        f"(the rule of `report --choose-on val`: lowest validation foreground ECE among the "
+        f"configs within {p['dice_tolerance']:g} of CE's validation DSC); test numbers reported "
+        f"on seeds {p['report_seeds']} only, which chose nothing (seed 3 helped choose the "
+        "default knobs and is left out).",
         f"- **Distances**: `mean d` is the exact mean of the non-winning logit distances "
-        f"`max_j z_j - z_k` at the end of training, on the test volumes and on the training "
+        f"`max_j z_j - z_k` of the last weights, on the test volumes and on the training "
         f"images (every voxel); `share d > m` the share above m = {p['margin']:g} (MbLS's "
-        "default margin). `val NLL rise`: last validation foreground NLL minus its minimum "
-        "during training (memorisation); see `mls_tutorial.regime.history_divergence`.",
-        f"- **Machine**: {info.get('machine', '?')}; {info.get('workers', '?')} worker "
-        f"processes sharing it; {info.get('elapsed_s', 0):.0f} s of training wall time, "
-        f"{p['n_runs']} finished runs (TS runs included).",
+        "default margin). `val NLL rise`: the last validation foreground NLL minus its minimum "
+        "during training (how far training went past its best validation fit; "
+        "`mls_tutorial.regime.history_divergence`).",
+        "- **Training time per run** (seconds in `history.json`, median (range), with the "
+        "other workers sharing the GPU): " + "; ".join(_timing_lines(records)) + ".",
     ]
-    timing = info.get("seconds_per_iteration") or {}
-    if timing:
+    if infos:
         lines.append(
-            "- **Measured speed** (wall seconds per iteration of one ladder rung, evaluation "
-            "included, median over rungs, with the other workers running): "
-            + ", ".join(f"{k} {v:.4f}" for k, v in timing.items())
-            + "."
+            "- **Sessions that made these runs** (one H200 each time; `--tar` "
+            "tarballs of the run folders without weights came back):"
         )
-    cut = info.get("cut") or []
-    if cut:
-        lines.append("- **Not run (deadline)**: " + "; ".join(cut) + ".")
+        lines += [f"  {i}. " + _session_line(info) for i, info in enumerate(infos, 1)]
     missing = [
         f"{c['preset']} {c['iterations']}: {m}" for c in study["cells"] for m in c["missing"]
     ]
@@ -521,6 +560,8 @@ def header(study: dict, info: dict, command: str) -> str:
         "**Finding (MbLS, knobs re-chosen in each cell).** " + finding_paragraph(study),
         "",
         "![ECE, gap and DSC against training length](../figures/regime_ece.png)",
+        "",
+        "![ECE, gap and DSC against capacity](../figures/regime_capacity.png)",
         "",
         "![CE's logit distances after short and long training](../figures/regime_distances.png)",
         "",
@@ -547,12 +588,10 @@ def report(args, protocol: dict) -> None:
         margin=MARGIN,
         protocol=protocol,
     )
-    info_path = Path(args.root) / RUN_INFO
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    command = info.get("command") or "python docs/regime_study.py " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:]
-    )
-    paths = write_study(study, records, args.out, header=header(study, info, command))
+    infos = [json.loads(f.read_text()) for f in sorted(Path(args.root).glob("regime_run*.json"))]
+    infos.sort(key=lambda i: i.get("started", 0))
+    command = FULL_COMMAND if not protocol["fast"] else infos[-1]["command"] if infos else ""
+    paths = write_study(study, records, args.out, header=header(study, infos, records, command))
     figs = Path(args.figures)
     figs.mkdir(parents=True, exist_ok=True)
     presets = list(dict.fromkeys(c["preset"] for c in study["cells"]))
@@ -563,6 +602,10 @@ def report(args, protocol: dict) -> None:
         ax=list(fig.subplots(3, len(presets), squeeze=False).ravel()),
     )
     fig.savefig(figs / "regime_ece.png", dpi=100)
+    if len(presets) > 1:
+        fig = Figure(figsize=(13.5, 3.8), layout="constrained")
+        plots.regime_capacity(study, keys=("ece", "gap", "dice"), ax=list(fig.subplots(1, 3)))
+        fig.savefig(figs / "regime_capacity.png", dpi=100)
     fig = Figure(figsize=(5.2 * len(presets), 3.8), layout="constrained")
     plots.regime_histograms(study, ax=fig.add_subplot())  # split into one panel per preset
     fig.savefig(figs / "regime_distances.png", dpi=100)
@@ -687,7 +730,9 @@ def main(argv=None) -> int:
         }
         from mls_tutorial.train.checkpoint import write_json
 
-        write_json(info, args.root / RUN_INFO)
+        info["started"] = sched.t0
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(sched.t0))
+        write_json(info, args.root / RUN_INFO.format(stamp=stamp))
         log(
             f"[trained] {len(sched.finished)} ladders in {sched.elapsed():.0f} s; "
             f"{len(sched.skipped)} not started, {len(sched.terminated)} terminated, "

@@ -370,7 +370,11 @@ def _cell(preset, iterations, runs, records, choose_seeds, report_seeds, default
 
 
 def _knob_str(knobs: Mapping) -> str:
-    return " ".join(f"{k}={float(v):g}" for k, v in knobs.items() if k != "validate")
+    """``margin=3 alpha=0.1``: the sweepable knobs (``runs.KNOBS``) among ``knobs``."""
+    from mls_tutorial.runs import KNOBS
+
+    names = {k for ks in KNOBS.values() for k in ks}
+    return " ".join(f"{k}={float(v):g}" for k, v in knobs.items() if k in names)
 
 
 # ------------------------------------------------------------------------------ findings
@@ -711,44 +715,121 @@ def regime_markdown(study: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _ranks(cell: Mapping) -> list[tuple[float, str, str]]:
+    """Each training-loss family's best reported ECE in ``cell`` (default or re-chosen knob):
+    ``[(ece, family, method)]``, lowest first (CE + TS left out: it is not a training loss)."""
+    best: dict[str, tuple[float, str, str]] = {}
+    for row in cell["rows"]:
+        if row["family"] == "ce_ts" or row.get("ece") is None:
+            continue
+        cand = (row["ece"], row["family"], row["method"])
+        if row["family"] not in best or cand < best[row["family"]]:
+            best[row["family"]] = cand
+    return sorted(best.values())
+
+
 def finding_paragraph(study: Mapping[str, Any], family: str = "mbls") -> str:
     """The finding in one paragraph, every number read from ``study`` (``regime.json``).
 
-    Per preset, shortest vs longest length: CE's ECE and gap, ``family``'s paired ΔECE vs CE
-    (relative to CE's ECE, seeds better) at both, and on how many seeds its advantage grew
-    (ΔECE more negative at the long length on that seed). "Grows" / "shrinks" is said only when
-    every seed agrees; otherwise "no consistent change".
+    (1) Training length, per preset with two lengths: CE's ECE and gap, ``family``'s paired
+    ΔECE vs CE (relative to CE's ECE; seeds better) with the knob re-chosen in each cell (the
+    default knob where the re-chosen one has no report runs), and on how many seeds its
+    advantage grew; "grows" / "shrinks" only when every seed agrees. (2) Capacity, per length
+    with several presets, at the default knob (the same config in every cell). (3) Where
+    ``family`` ranks among the training losses, cell by cell, and what CE + TS reaches.
     """
-    findings = study["findings"]["chosen"]
     label = LABELS[family]
-    sentences, verdicts = [], []
-    for preset, entry in findings.items():
+    chosen, default = study["findings"]["chosen"], study["findings"]["default"]
+    sentences = []
+    for preset, entry in chosen.items():
+        src, which = entry, "re-chosen"
         trend = entry.get("trend", {}).get(family)
+        if trend is None:
+            src, which = default.get(preset, {}), "default"
+            trend = src.get("trend", {}).get(family)
         if trend is None or not trend["seeds"]:
             continue
         short, long = trend["short"], trend["long"]
-        a, b = entry["advantage"][family][str(short)], entry["advantage"][family][str(long)]
-        ce_a, ce_b = entry["ce"][str(short)], entry["ce"][str(long)]
+        a, b = src["advantage"][family][str(short)], src["advantage"][family][str(long)]
+        ce_a, ce_b = src["ce"][str(short)], src["ce"][str(long)]
         n, grew = len(trend["seeds"]), trend["n_grew"]
-        verdict = "grows" if grew == n else "shrinks" if grew == 0 else "no consistent change"
-        verdicts.append(verdict)
+        verdict = "it grows" if grew == n else "it shrinks" if grew == 0 else "no consistent change"
+        d_trend = default.get(preset, {}).get("trend", {}).get(family)
+        also = ""
+        if which == "re-chosen" and d_trend is not None and d_trend["seeds"]:
+            da = default[preset]["advantage"][family]
+            also = (
+                f" (default knob {da[str(short)]['method']}: "
+                f"{_pct(da[str(short)]['relative'])} -> {_pct(da[str(long)]['relative'])}, "
+                f"grew on {d_trend['n_grew']} of {len(d_trend['seeds'])} seeds)"
+            )
         sentences.append(
-            f"with the {preset} U-Net, from {short} to {long} iterations CE's foreground ECE "
-            f"goes {ce_a['ece']:.3f} -> {ce_b['ece']:.3f} (gap {ce_a['gap']:+.3f} -> "
-            f"{ce_b['gap']:+.3f}; higher on {trend['ce_n_up']} of {n} seeds) while {label}'s "
-            f"paired ECE difference to CE goes {a['delta_ece']:+.3f} ({_pct(a['relative'])}, "
-            f"lower than CE on {a['n_better']}/{a['n']} seeds) -> {b['delta_ece']:+.3f} "
-            f"({_pct(b['relative'])}, {b['n_better']}/{b['n']}); its advantage grew on {grew} "
-            f"of {n} seeds (mean change {trend['mean_change']:+.3f}): {verdict}"
+            f"with the {preset} U-Net, from {short} to {long} iterations CE's foreground ECE goes "
+            f"{ce_a['ece']:.3f} -> {ce_b['ece']:.3f} (gap {ce_a['gap']:+.3f} -> {ce_b['gap']:+.3f}, "
+            f"higher on {trend['ce_n_up']} of {n} seeds) and {label}'s paired ECE difference to "
+            f"CE ({which} knob: {a['method']} -> {b['method']}) goes {a['delta_ece']:+.3f} "
+            f"({_pct(a['relative'])}, lower than CE on {a['n_better']}/{a['n']} seeds) -> "
+            f"{b['delta_ece']:+.3f} ({_pct(b['relative'])}, {b['n_better']}/{b['n']}); its "
+            f"advantage grew on {grew} of {n} seeds: {verdict}{also}"
+        )
+    by_length: dict[int, list[str]] = {}
+    for preset, entry in default.items():
+        for n in entry["lengths"]:
+            if entry["advantage"].get(family, {}).get(str(n), {}).get("delta_ece") is not None:
+                by_length.setdefault(n, []).append(preset)
+    for n, presets in sorted(by_length.items()):
+        if len(presets) < 2:
+            continue
+        items, rels, alls = [], [], True
+        for p in presets:
+            a, ce = default[p]["advantage"][family][str(n)], default[p]["ce"][str(n)]
+            items.append(
+                f"{p} {_pct(a['relative'])} ({a['n_better']}/{a['n']}; CE's ECE {ce['ece']:.3f})"
+            )
+            rels.append(a["relative"])
+            alls = alls and a["n_better"] == a["n"]
+        monotone = all(x is not None for x in rels) and all(
+            y < x for x, y in zip(rels, rels[1:], strict=False)
+        )
+        verdict = (
+            "the larger the network, the larger the relative advantage (below CE on every seed)"
+            if monotone and alls
+            else "no consistent trend with capacity"
+        )
+        sentences.append(
+            f"at {n} iterations, with the default knob ({a['method']}), {label}'s ECE change "
+            f"against CE is {', '.join(items)}: {verdict}"
+        )
+    best_in = []
+    for cell in study["cells"]:
+        ranks = _ranks(cell)
+        if not ranks or all(f != family for _, f, _ in ranks):
+            continue
+        pos = [f for _, f, _ in ranks].index(family) + 1
+        top_ece, _, top = ranks[0]
+        ts = next((r for r in cell["rows"] if r["family"] == "ce_ts"), None)
+        text = f"{cell['preset']} {cell['iterations']}: {label} ranks {pos} of {len(ranks)}"
+        if pos > 1:
+            text += f" (best {top}, ECE {top_ece:.3f})"
+        unrun = [
+            LABELS[f]
+            for f in cell["choice"]
+            if f not in ("ce", "ce_ts") and cell_row(cell, f, "chosen") is None
+        ]
+        if unrun:
+            text += f" with {', '.join(unrun)} at the default knob only (re-chosen one not run)"
+        if ts is not None and ts.get("ece") is not None:
+            text += f", CE + TS {ts['ece']:.3f}"
+        best_in.append(text)
+    if best_in:
+        sentences.append(
+            "among the training losses (each at its better knob, mean test ECE) "
+            + "; ".join(best_in)
         )
     if not sentences:
-        return f"The study holds no preset with {label} at two lengths: no trend can be stated."
-    text = "; ".join(sentences) + "."
-    grows = verdicts.count("grows")
-    return (
-        f"{text[0].upper()}{text[1:]} In {grows} of {len(verdicts)} presets the margin's "
-        f"advantage over CE grows with training length on every report seed."
-    )
+        return f"The study holds no {label} run to compare with CE."
+    text = ". ".join(x[0].upper() + x[1:] for x in sentences)
+    return text + "."
 
 
 def _pct(x: float | None) -> str:

@@ -27,7 +27,12 @@ from mls_tutorial.plots.multipliers import (
     multiplier_history,
 )
 from mls_tutorial.plots.penalties import penalty_curves, penalty_functions
-from mls_tutorial.plots.regime import regime_curve_data, regime_curves, regime_histograms
+from mls_tutorial.plots.regime import (
+    regime_capacity,
+    regime_curves,
+    regime_histograms,
+    regime_points,
+)
 from mls_tutorial.plots.reliability import (
     classwise_reliability,
     reliability_data,
@@ -50,9 +55,10 @@ __all__ = [
     "multiplier_history",
     "penalty_curves",
     "penalty_functions",
-    "regime_curve_data",
+    "regime_capacity",
     "regime_curves",
     "regime_histograms",
+    "regime_points",
     "reliability_data",
     "reliability_diagram",
     "save_figure",

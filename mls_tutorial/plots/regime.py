@@ -1,9 +1,14 @@
 """The regime study's figures, drawn from its ``regime.json`` dict (``mls_tutorial.regime``).
 
-- ``regime_curves``: a test metric (foreground ECE, gap, ...) against the training length, one
-  line per loss family, one column per U-Net preset; mean ± sample std over the report seeds.
-- ``regime_histograms``: CE's logit-distance histogram at the end of short and long training,
-  one panel per preset, with the margin drawn.
+- ``regime_curves``: test metrics (foreground ECE, gap, DSC) against the training length, one
+  line per loss family, one column per U-Net preset;
+- ``regime_capacity``: the same metrics against the preset (capacity) at one training length;
+- ``regime_histograms``: CE's logit-distance histogram after short and long training, one panel
+  per preset, with the margin drawn.
+
+Points are means over the report seeds, error bars the sample std. Lines follow the knob chosen
+in the default regime (the same config in every cell); hollow markers add the knob re-chosen in
+a cell where it differs and was run on the report seeds.
 """
 
 from __future__ import annotations
@@ -43,92 +48,190 @@ def _row(cell: Mapping, family: str, which: str) -> Mapping | None:
     return None
 
 
-def regime_curve_data(
-    study: Mapping, key: str = "ece", which: str = "chosen", families: Sequence[str] = FAMILIES
-) -> dict[str, dict[str, dict[str, np.ndarray | list]]]:
-    """``{preset: {family: {iterations, mean, std, n, methods}}}`` for metric ``key``.
-
-    ``which``: ``chosen`` (knob re-chosen in each cell) or ``default`` (the default regime's
-    knob); CE is its reference row, CE + TS its only row. Sorted by iterations; cells without
-    the row are left out.
-    """
+def regime_points(
+    study: Mapping, key: str = "ece", which: str = "default", families: Sequence[str] = FAMILIES
+) -> list[dict]:
+    """One point per cell and family: ``preset``, ``iterations``, ``family``, ``method``,
+    ``mean``, ``std`` (0 for one seed), ``n`` (seeds) of metric ``key`` for the ``which`` row
+    (``default``: the default regime's knob; ``chosen``: re-chosen in the cell). CE is its
+    reference row, CE + TS its only row; cells without the row are left out."""
     if which not in ("chosen", "default"):
         raise ValueError(f"which must be 'chosen' or 'default', got {which!r}")
-    out: dict[str, dict] = {p: {} for p in _presets(study)}
-    for cell in sorted(study["cells"], key=lambda c: c["iterations"]):
+    _presets(study)
+    points = []
+    for cell in study["cells"]:
         for fam in families:
             row = _row(cell, fam, which)
-            if row is None or key not in row:
+            if row is None or row.get(key) is None:
                 continue
-            if row[key] is None:
-                continue
-            d = out[cell["preset"]].setdefault(
-                fam, {"iterations": [], "mean": [], "std": [], "n": [], "methods": []}
+            points.append(
+                {
+                    "preset": cell["preset"],
+                    "iterations": cell["iterations"],
+                    "family": fam,
+                    "method": row["method"],
+                    "mean": float(row[key]),
+                    "std": float(row.get(f"{key}_std") or 0.0),
+                    "n": len(row["seeds"]),
+                }
             )
-            d["iterations"].append(cell["iterations"])
-            d["mean"].append(float(row[key]))
-            d["std"].append(float(row.get(f"{key}_std") or 0.0))
-            d["n"].append(len(row["seeds"]))
-            d["methods"].append(row["method"])
-    for per in out.values():
-        for d in per.values():
-            for k in ("iterations", "mean", "std", "n"):
-                d[k] = np.asarray(d[k], dtype=float)
-    return out
+    return points
+
+
+def _rechosen(study: Mapping, key: str, families: Sequence[str]) -> list[dict]:
+    """Re-chosen points whose config differs from the default one."""
+    default = {
+        (p["preset"], p["iterations"], p["family"]): p["method"]
+        for p in regime_points(study, key, "default", families)
+    }
+    return [
+        p
+        for p in regime_points(study, key, "chosen", families)
+        if p["family"] not in ("ce", "ce_ts")
+        and default.get((p["preset"], p["iterations"], p["family"])) != p["method"]
+    ]
+
+
+def _draw(axis, xs, points, i, fam, n_fams, hollow: bool, gid: str) -> None:
+    color, fmt = STYLES.get(fam, (f"C{i}", "o-"))
+    shift = 2 ** (0.04 * (i - (n_fams - 1) / 2))  # keep the error bars of a cell apart
+    kw = dict(color=color, capsize=3, ms=5 if hollow else 4, gid=gid)
+    if hollow:
+        kw.update(fmt="o", mfc="white", ls="none")
+    else:
+        kw.update(fmt=fmt, label=LABELS.get(fam, fam))
+    axis.errorbar(
+        np.asarray(xs, dtype=float) * shift,
+        [p["mean"] for p in points],
+        yerr=[p["std"] for p in points],
+        **kw,
+    )
 
 
 def regime_curves(
     study: Mapping,
     keys: Sequence[str] = ("ece", "gap"),
-    which: str = "chosen",
     families: Sequence[str] = FAMILIES,
+    chosen_markers: bool = True,
     ax=None,
 ):
     """One row per metric of ``keys``, one column per preset: the metric against training
-    iterations (log x), a line per family, error bars the sample std over the report seeds.
+    iterations (log x), a line per family at its default knob, hollow markers for a knob
+    re-chosen in the cell (``chosen_markers``).
 
     ``ax``: None, one Axes (split) or ``len(keys) * presets`` axes (row-major). Returns the
     figure.
     """
     presets = _presets(study)
-    data = {k: regime_curve_data(study, k, which, families) for k in keys}
     n_rows, n_cols = len(keys), len(presets)
     if ax is None:
         axes = list(new_figure(n_rows, n_cols, figsize=(4.2 * n_cols, 3.4 * n_rows))[1])
     else:
         axes = axes_grid(ax, n_rows * n_cols, direction="row")
     for r, key in enumerate(keys):
+        points = regime_points(study, key, "default", families)
+        extra = _rechosen(study, key, families) if chosen_markers else []
         for c, preset in enumerate(presets):
             axis = axes[r * n_cols + c]
-            curves = data[key][preset]
-            for i, fam in enumerate(families):
-                if fam not in curves:
-                    continue
-                d = curves[fam]
-                color, fmt = STYLES.get(fam, (f"C{i}", "o-"))
-                shift = 2 ** (0.04 * (i - (len(families) - 1) / 2))  # keep error bars apart
-                axis.errorbar(
-                    d["iterations"] * shift,
-                    d["mean"],
-                    yerr=d["std"],
-                    fmt=fmt,
-                    color=color,
-                    capsize=3,
-                    ms=4,
-                    label=LABELS.get(fam, fam),
-                    gid=f"{preset}:{key}:{fam}",
-                )
-            lengths = sorted({n for d in curves.values() for n in d["iterations"]})
+            for hollow, source in ((False, points), (True, extra)):
+                for i, fam in enumerate(families):
+                    mine = sorted(
+                        (p for p in source if p["preset"] == preset and p["family"] == fam),
+                        key=lambda p: p["iterations"],
+                    )
+                    if mine:
+                        xs = [p["iterations"] for p in mine]
+                        tag = "re-chosen" if hollow else "default"
+                        _draw(
+                            axis,
+                            xs,
+                            mine,
+                            i,
+                            fam,
+                            len(families),
+                            hollow,
+                            f"{preset}:{key}:{fam}:{tag}",
+                        )
+            lengths = sorted({p["iterations"] for p in points if p["preset"] == preset})
             axis.set_xscale("log", base=2)
             if lengths:
-                axis.set_xticks(lengths, [f"{int(n)}" for n in lengths])
+                axis.set_xticks(lengths, [str(n) for n in lengths])
                 axis.minorticks_off()
+                axis.set_xlim(min(lengths) / 1.6, max(lengths) * 1.6)
             if key == "gap":
                 axis.axhline(0.0, color="grey", lw=0.8)
             axis.set_title(f"{preset}: {TITLES.get(key, key)}", fontsize="medium")
             if r == n_rows - 1:
                 axis.set_xlabel("training iterations")
-    axes[0].legend(fontsize="x-small", loc="best")
+    _legend(axes[0], chosen_markers)
+    return root_figure(axes[0])
+
+
+def _legend(axis, chosen_markers: bool) -> None:
+    handles, labels = axis.get_legend_handles_labels()
+    if chosen_markers:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], marker="o", mfc="white", color="grey", ls="none"))
+        labels.append("knob re-chosen in the cell")
+    axis.legend(handles, labels, fontsize="x-small", loc="best")
+
+
+def regime_capacity(
+    study: Mapping,
+    iterations: int | None = None,
+    keys: Sequence[str] = ("ece", "gap"),
+    families: Sequence[str] = FAMILIES,
+    chosen_markers: bool = True,
+    ax=None,
+):
+    """One panel per metric of ``keys``: the metric against the U-Net preset (in the study's
+    order, smallest first) after ``iterations`` (default: the length most presets share), a
+    line per family at its default knob, hollow markers for re-chosen knobs."""
+    presets = _presets(study)
+    if iterations is None:
+        counts: dict[int, int] = {}
+        for cell in study["cells"]:
+            counts[cell["iterations"]] = counts.get(cell["iterations"], 0) + 1
+        iterations = max(counts, key=lambda n: (counts[n], -n))
+    have = [
+        p
+        for p in presets
+        if any(c["preset"] == p and c["iterations"] == iterations for c in study["cells"])
+    ]
+    if not have:
+        raise ValueError(f"no cell at {iterations} iterations")
+    axes = axes_grid(ax, len(keys), direction="row", figsize=(4.6 * len(keys), 3.6))
+    pos = {p: i + 1 for i, p in enumerate(have)}
+    for axis, key in zip(axes, keys, strict=True):
+        points = [
+            p
+            for p in regime_points(study, key, "default", families)
+            if p["iterations"] == iterations and p["preset"] in pos
+        ]
+        extra = [
+            p
+            for p in (_rechosen(study, key, families) if chosen_markers else [])
+            if p["iterations"] == iterations and p["preset"] in pos
+        ]
+        for hollow, source in ((False, points), (True, extra)):
+            for i, fam in enumerate(families):
+                mine = sorted(
+                    (p for p in source if p["family"] == fam), key=lambda p: pos[p["preset"]]
+                )
+                if mine:
+                    xs = [2.0 ** pos[p["preset"]] for p in mine]
+                    tag = "re-chosen" if hollow else "default"
+                    _draw(axis, xs, mine, i, fam, len(families), hollow, f"{key}:{fam}:{tag}")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks([2.0**i for i in pos.values()], list(pos))
+        axis.minorticks_off()
+        axis.set_xlim(2.0**0.5, 2.0 ** (len(pos) + 0.5))
+        if key == "gap":
+            axis.axhline(0.0, color="grey", lw=0.8)
+        axis.set_title(f"{TITLES.get(key, key)}, {iterations} iterations", fontsize="medium")
+        axis.set_xlabel("U-Net preset (capacity)")
+    _legend(axes[0], chosen_markers)
     return root_figure(axes[0])
 
 
@@ -140,8 +243,8 @@ def regime_histograms(
     ax=None,
 ):
     """CE's logit-distance histograms after the shortest and longest training (or ``lengths``)
-    of ``seed`` (default: the first report seed), one panel per preset, ``margin`` drawn
-    (default: the study's margin). Returns the figure."""
+    of ``seed`` (default: the first report seed), one panel per preset that has them all,
+    ``margin`` drawn (default: the study's margin). Returns the figure."""
     from mls_tutorial.plots.distances import logit_distance_histogram
 
     hists = [h for h in study.get("histograms") or [] if h["method"] == "CE"]
@@ -153,18 +256,20 @@ def regime_histograms(
         seed = next((s for s in report if s in seeds), seeds[0])
     mine = [h for h in hists if h["seed"] == seed]
     if not mine:
-        raise ValueError(
-            f"no CE histogram for seed {seed}; seeds: {sorted({h['seed'] for h in hists})}"
-        )
+        seeds = sorted({h["seed"] for h in hists})
+        raise ValueError(f"no CE histogram for seed {seed}; seeds: {seeds}")
     margin = float(study.get("protocol", {}).get("margin", 5.0) if margin is None else margin)
-    presets = [p for p in _presets(study) if any(h["preset"] == p for h in mine)]
+    have = {p: sorted({h["iterations"] for h in mine if h["preset"] == p}) for p in _presets(study)}
+    if lengths is not None:
+        presets = [p for p, ns in have.items() if set(lengths) <= set(ns)]
+        if not presets:
+            raise ValueError(f"no preset has CE histograms at {sorted(lengths)} iterations: {have}")
+    else:
+        presets = [p for p, ns in have.items() if ns]
     axes = axes_grid(ax, len(presets), direction="row", figsize=(5.2 * len(presets), 3.8))
     for axis, preset in zip(axes, presets, strict=True):
-        have = sorted({h["iterations"] for h in mine if h["preset"] == preset})
-        wanted = sorted(set(lengths)) if lengths is not None else sorted({have[0], have[-1]})
-        missing = [n for n in wanted if n not in have]
-        if missing:
-            raise ValueError(f"{preset}: no CE histogram at {missing} iterations; have {have}")
+        ns = have[preset]
+        wanted = sorted(set(lengths)) if lengths is not None else sorted({ns[0], ns[-1]})
         curves = {
             f"{n} iterations": next(
                 h["histogram"] for h in mine if h["preset"] == preset and h["iterations"] == n
