@@ -333,7 +333,7 @@ class Scheduler:
         return None
 
     def run_serial(self) -> None:
-        init_worker(max(1, torch_threads()))
+        init_worker(1 if self.args.fast else max(1, torch_threads()))  # busy CI cores thrash
         while True:
             self.add_tier3([])
             task = self.next_task()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mls_tutorial.metrics import LogitDistanceHistogram
+from mls_tutorial.metrics import LogitDistanceHistogram, distance_summary
 
 K = 4
 
@@ -114,6 +114,41 @@ def test_serialisation_round_trip():
         LogitDistanceHistogram(K).load_state_dict(hist.state_dict())
     hist.reset()
     assert hist.histogram()["n"] == 0
+
+
+def test_distance_summary_is_the_float64_mean_and_exact_shares():
+    torch.manual_seed(3)
+    chunks = [torch.randn(2, K, 9, 8) * 6, integer_logits(4), torch.randn(1, K, 5, 3) * 20]
+    d = np.concatenate([reference(c.numpy())[0] for c in chunks])
+    out = distance_summary(chunks, margins=(0, 5, 7.5))
+    assert out["n"] == d.size and out["voxels"] == sum(c[:, 0].numel() for c in chunks)
+    assert out["mean"] == pytest.approx(d.mean(), rel=1e-12)
+    assert out["max"] == pytest.approx(d.max(), rel=1e-6)
+    for m in (0, 5, 7.5):
+        assert out["share_above"][m] == (d > m).mean()  # exact, as the histogram counts
+    # one tensor = the same tensor in chunks; agrees with the histogram's exact counts
+    whole = torch.cat([integer_logits(5), integer_logits(6)])
+    hist = LogitDistanceHistogram(K)
+    hist.update(whole)
+    a = distance_summary(whole, margins=(5,))
+    b = distance_summary([whole[:1], whole[1:]], margins=(5,))
+    assert a == b and a["share_above"][5.0] == hist.fraction_above(5)
+    assert distance_summary(whole.half(), (5,))["n"] == a["n"]  # half precision upcast
+
+
+def test_distance_summary_names_bad_input():
+    with pytest.raises(ValueError, match="NaN or inf"):
+        distance_summary(torch.tensor([[0.0, math.inf, 1.0, 2.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        distance_summary(torch.zeros(3))
+    with pytest.raises(ValueError, match="disagree on K"):
+        distance_summary([torch.zeros(1, 3), torch.zeros(1, 4)])
+    with pytest.raises(ValueError, match="no chunk"):
+        distance_summary([])
+    with pytest.raises(ValueError, match="margins"):
+        distance_summary(torch.zeros(1, 3), margins=(-1,))
+    with pytest.raises(ValueError, match="no voxel"):
+        distance_summary(torch.zeros(0, 3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mls_tutorial.runs import CONFIG_FILE, METRICS_FILE, load_or_train, run_name
-from mls_tutorial.sweep import expand_grid, family, parse_grid, train_configs
+from mls_tutorial.sweep import expand_grid, family, parse_grid, train_configs, train_ladder
 
 DATA = {"n_train": 8, "size": 16, "slices": 2, "n_val": 1, "n_test": 1, "seed": 3}
 BASE = {"data": "synthetic", "data_params": DATA, "batch_size": 4, "val_every": 0}
@@ -147,3 +147,66 @@ def test_a_crashed_holder_never_blocks_and_its_run_resumes(tmp_path):
     assert not any(m.startswith("[wait]") for m in messages), messages
     assert any("resuming from checkpoint" in m for m in messages), messages
     assert (run.path / METRICS_FILE).is_file() and run.history["iteration"][-1] == 400
+
+
+# ----------------------------------------------------------------------------- ladders
+
+
+def test_a_ladder_rung_is_the_run_trained_alone(tmp_path):
+    """The 6-iteration rung, resumed from the 4-iteration one, equals a 6-iteration run trained
+    in one go, bit for bit (weights, losses, validations, CALS's multipliers)."""
+    import torch
+
+    from mls_tutorial.train.checkpoint import load_checkpoint
+
+    base = {**BASE, "val_every": 2, "loss": "cals", "loss_kwargs": {"margin": 3.0}}
+    asked = []
+    ladder = train_ladder(
+        base,
+        [4, 6],
+        tmp_path / "ladder",
+        device="cpu",
+        log=None,
+        before_rung=lambda n, start: asked.append((n, start)) or True,
+    )
+    alone = load_or_train(
+        {**base, "iterations": 6},
+        tmp_path / "alone",
+        device="cpu",
+        progress=False,
+        figures=False,
+        log=None,
+    )
+    assert asked == [(4, 0), (6, 4)]
+    assert [r.config["iterations"] for r in ladder] == [4, 6]
+    assert ladder[-1].name == alone.name  # same config, same folder name
+    a = load_checkpoint(ladder[-1].path / "checkpoint.pt")["model"]
+    b = load_checkpoint(alone.path / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for key in ("loss", "val_iteration", "val_fg_ece", "loss_state"):
+        assert ladder[-1].history[key] == alone.history[key], key
+    assert ladder[-1].metrics["ece"] == alone.metrics["ece"]
+    # cached rungs are loaded, and a False from before_rung stops the ladder there
+    again = train_ladder(
+        base,
+        [4, 6, 8],
+        tmp_path / "ladder",
+        device="cpu",
+        log=None,
+        before_rung=lambda n, start: False,
+    )
+    assert [r.config["iterations"] for r in again] == [4, 6] and all(r.cached for r in again)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "extra", "match"),
+    [
+        ([], {}, "ints >= 1"),
+        ([4, 4], {}, "increase"),
+        ([3, 6], {"val_every": 2}, "multiple of val_every"),
+        ([2, 4], {"temperature_scaling": True}, "without temperature scaling"),
+    ],
+)
+def test_ladder_arguments_are_checked(tmp_path, lengths, extra, match):
+    with pytest.raises(ValueError, match=match):
+        train_ladder({**BASE, "val_every": 2, **extra}, lengths, tmp_path, log=None)

@@ -219,6 +219,8 @@ def distance_summary(logits, margins=(5.0,)) -> dict:
         if k_seen is not None and z.shape[1] != k_seen:
             raise ValueError(f"chunks disagree on K: {k_seen} and {z.shape[1]}")
         k_seen = z.shape[1]
+        if z.numel() == 0:
+            continue
         z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
         z = z.reshape(z.shape[0], k_seen, -1)
         top = z.max(dim=1, keepdim=True).values
