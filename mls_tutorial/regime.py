@@ -477,6 +477,34 @@ def _trends(entry: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def paired_by_seed(cells: Sequence[Mapping], family: str, key: str = "ece") -> list[dict]:
+    """The per-seed paired differences to CE behind every claim: one entry per cell and
+    reported config of ``family`` (``preset``, ``iterations``, ``method``, ``which``,
+    ``seeds``, ``diffs``, ``ce`` (CE's values on those seeds), ``mean``, ``n_better``)."""
+    out = []
+    for cell in cells:
+        ce = cell_row(cell, "ce", "reference")
+        for row in cell["rows"]:
+            if row["family"] != family or key not in row["vs_ce"]:
+                continue
+            d = row["vs_ce"][key]
+            ce_by_seed = dict(zip(ce["seeds"], ce[f"{key}_values"], strict=True))
+            out.append(
+                {
+                    "preset": cell["preset"],
+                    "iterations": cell["iterations"],
+                    "method": row["method"],
+                    "which": list(row["which"]),
+                    "seeds": d["seeds"],
+                    "diffs": d["diffs"],
+                    "ce": [ce_by_seed[s] for s in d["seeds"]],
+                    "mean": d["mean"],
+                    "n_better": d["n_better"],
+                }
+            )
+    return out
+
+
 def regime_study(
     runs: Sequence[Run],
     *,
@@ -715,7 +743,7 @@ def regime_markdown(study: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _ranks(cell: Mapping) -> list[tuple[float, str, str]]:
+def cell_ranking(cell: Mapping) -> list[tuple[float, str, str]]:
     """Each training-loss family's best reported ECE in ``cell`` (default or re-chosen knob):
     ``[(ece, family, method)]``, lowest first (CE + TS left out: it is not a training loss)."""
     best: dict[str, tuple[float, str, str]] = {}
@@ -726,6 +754,16 @@ def _ranks(cell: Mapping) -> list[tuple[float, str, str]]:
         if row["family"] not in best or cand < best[row["family"]]:
             best[row["family"]] = cand
     return sorted(best.values())
+
+
+def unreported_choices(cell: Mapping) -> list[str]:
+    """Families whose knob re-chosen in ``cell`` has no run on the report seeds (only their
+    default knob can be compared there)."""
+    return [
+        f
+        for f in cell["choice"]
+        if f not in ("ce", "ce_ts") and cell_row(cell, f, "chosen") is None
+    ]
 
 
 def finding_paragraph(study: Mapping[str, Any], family: str = "mbls") -> str:
@@ -802,7 +840,7 @@ def finding_paragraph(study: Mapping[str, Any], family: str = "mbls") -> str:
         )
     best_in = []
     for cell in study["cells"]:
-        ranks = _ranks(cell)
+        ranks = cell_ranking(cell)
         if not ranks or all(f != family for _, f, _ in ranks):
             continue
         pos = [f for _, f, _ in ranks].index(family) + 1
@@ -811,11 +849,7 @@ def finding_paragraph(study: Mapping[str, Any], family: str = "mbls") -> str:
         text = f"{cell['preset']} {cell['iterations']}: {label} ranks {pos} of {len(ranks)}"
         if pos > 1:
             text += f" (best {top}, ECE {top_ece:.3f})"
-        unrun = [
-            LABELS[f]
-            for f in cell["choice"]
-            if f not in ("ce", "ce_ts") and cell_row(cell, f, "chosen") is None
-        ]
+        unrun = [LABELS[f] for f in unreported_choices(cell)]
         if unrun:
             text += f" with {', '.join(unrun)} at the default knob only (re-chosen one not run)"
         if ts is not None and ts.get("ece") is not None:
@@ -823,7 +857,7 @@ def finding_paragraph(study: Mapping[str, Any], family: str = "mbls") -> str:
         best_in.append(text)
     if best_in:
         sentences.append(
-            "among the training losses (each at its better knob, mean test ECE) "
+            "among the training losses (each at its better knob, mean test ECE): "
             + "; ".join(best_in)
         )
     if not sentences:

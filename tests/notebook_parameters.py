@@ -27,6 +27,7 @@ NOTEBOOK_FAST_PARAMETERS = {
         "weight_alphas": [0.1, 1.0],
     },
     "05_class_adaptive_constraints": dict(_FAST_TRAINING),
+    "06_when_does_the_margin_help": {"device": "cpu"},  # reads the study: nothing to shorten
     "04_your_own_data": {
         "device": "cpu",
         "iterations": 30,

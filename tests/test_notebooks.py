@@ -30,6 +30,7 @@ EXPECTED = {
     "03_calibration_evaluation",
     "04_your_own_data",
     "05_class_adaptive_constraints",
+    "06_when_does_the_margin_help",
 }
 # every notebook's parameters include these, plus at least one size/length knob
 COMMON_PARAMETERS = {"device", "output_dir", "seed"}
@@ -41,6 +42,7 @@ DICE_FLOOR = {
     "03_calibration_evaluation": 0.15,
     "04_your_own_data": 0.05,
     "05_class_adaptive_constraints": 0.15,
+    "06_when_does_the_margin_help": 0.15,
 }
 
 
@@ -55,6 +57,8 @@ EXERCISE_PARAMETERS = {
     "03_calibration_evaluation": {"sweep_alphas": [0.1, 0.3], "temperature_scaled": ["ce", "mbls"]},
     # 05 exercise 4: every chosen config trained on the notebook's seed
     "05_class_adaptive_constraints": {"full_table": True},
+    # 06 exercises 1 and 2: another loss followed, another seed's histograms
+    "06_when_does_the_margin_help": {"loss": "ecp", "seed": 6},
 }
 
 
@@ -335,23 +339,49 @@ def check_05(m: dict):
     assert {"CE", "CE + TS"} <= set(m["chosen"]) and len(m["chosen"]) >= 10
 
 
+def check_06(m: dict):
+    # the regime study, read back: reported seeds never chose anything, one CSV line per run,
+    # and the paired numbers the notebook shows agree with regime.csv (recomputed there)
+    assert set(m["choose_seeds"]).isdisjoint(m["report_seeds"])
+    assert m["n_records"] == m["n_runs"] and len(m["cells"]) >= 2
+    assert m["csv_json_max_difference"] < 1e-12
+    assert m["paired"] and all(
+        e["method"].split()[0] in {"ECP", "LS", "MbLS", "CALS"} for e in m["paired"]
+    )
+    for e in m["paired"]:
+        assert set(e["seeds"]) <= set(m["report_seeds"])
+        assert len(e["seeds"]) == len(e["diffs"]) == len(e["ce"])
+        assert e["n_better"] == sum(d < 0 for d in e["diffs"])
+        assert e["mean"] == pytest.approx(sum(e["diffs"]) / len(e["diffs"]))
+    # the finding quotes CE's numbers as the JSON holds them; every cell ranks CE
+    short, long = m["ce"]["short"], m["ce"]["long"]
+    assert f"{short['ece']:.3f} -> {long['ece']:.3f}" in m["finding"]
+    assert all("ce" in order for order in m["ranking"].values())
+    assert set(m["relative_default"]) == {"1000", "4000"}
+
+
 CHECKS = {
     "01_constrained_optimization_view": check_01,
     "02_training_with_margin": check_02,
     "03_calibration_evaluation": check_03,
     "04_your_own_data": check_04,
     "05_class_adaptive_constraints": check_05,
+    "06_when_does_the_margin_help": check_06,
 }
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=STEMS)
-def test_notebook_runs_fast(path: Path, notebook_fast_parameters, kernel_ready, shared_runs_dir):
+def test_notebook_runs_fast(
+    path: Path, notebook_fast_parameters, kernel_ready, shared_runs_dir, monkeypatch
+):
+    if path.stem == "06_when_does_the_margin_help":  # reads the study, must never train
+        monkeypatch.setenv("MLS_TUTORIAL_NO_TRAIN", "1")
     params = {
         **notebook_fast_parameters[path.stem],
         **EXERCISE_PARAMETERS.get(path.stem, {}),
         "runs_dir": str(shared_runs_dir),
     }
-    if path.stem == "04_your_own_data":
+    if path.stem in ("04_your_own_data", "06_when_does_the_margin_help"):
         params.pop("runs_dir")
     output_dir, metrics = execute(path.stem, params, kernel_ready)
     check_common(output_dir, metrics, path.stem)
