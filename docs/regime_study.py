@@ -63,7 +63,7 @@ EVAL_SECONDS = 8.0  # evaluation, distances and TS after a rung (measured ones r
 RUN_INFO = "regime_run_{stamp}.json"  # one per training session
 FULL_COMMAND = (
     "python docs/regime_study.py --root runs/regime --device cuda --workers 12 "
-    "--deadline 450 --tar runs/regime-tar"
+    "--tar runs/regime-tar"
 )
 
 
@@ -514,7 +514,13 @@ def header(study: dict, infos: list[dict], records: list[dict], command: str) ->
     lines = [
         "# The regime study: when does the margin help?",
         "",
-        "The study, and the tables and figures again from its run folders:",
+        (
+            "The fast check of the pipeline, and its tables and figures again from its run folders:"
+            if p.get("fast")
+            else "The study (every cell; not run as one piece: at the per-run times below it "
+            "needs about 25 minutes of one H200, and the sessions listed below ran it in parts "
+            "under a 15-minute budget), and the tables and figures again from its run folders:"
+        ),
         "",
         "```bash",
         command,
@@ -522,10 +528,15 @@ def header(study: dict, infos: list[dict], records: list[dict], command: str) ->
         " regime.json, docs/figures/regime_*.png",
         "```",
         "",
-        f"- **Cells here**: {cells}. Adam, constant lr 1e-3, batch 16, last weights, bf16 AMP "
-        "on CUDA, the bundled MNI data with sampled labels (the default regime of "
-        "`docs/results.md`). A run of N iterations is the same whether trained alone or "
-        "resumed from a shorter one (`sweep.train_ladder`).",
+        f"- **Cells here**: {cells}. "
+        + (
+            "`--fast`: the test suite's synthetic shapes, batch 4. "
+            if p.get("fast")
+            else "Adam, constant lr 1e-3, batch 16, last weights, bf16 AMP on CUDA, the "
+            "bundled MNI data with sampled labels (the default regime of `docs/results.md`). "
+        )
+        + "A run of N iterations is the same whether trained alone or resumed from a shorter "
+        "one (`sweep.train_ladder`).",
         f"- **Losses**: CE, LS, ECP, MbLS, CALS, and CE + temperature scaling (T fitted on the "
         f"validation volumes). Default knobs, chosen on validation in the default regime "
         f"(`docs/evidence/chosen.json`, seeds 1-3): {p['defaults']}. Grid from which each "
@@ -590,7 +601,9 @@ def report(args, protocol: dict) -> None:
     )
     infos = [json.loads(f.read_text()) for f in sorted(Path(args.root).glob("regime_run*.json"))]
     infos.sort(key=lambda i: i.get("started", 0))
-    command = FULL_COMMAND if not protocol["fast"] else infos[-1]["command"] if infos else ""
+    command = FULL_COMMAND
+    if protocol["fast"]:
+        command = infos[-1]["command"] if infos else "python docs/regime_study.py --fast"
     paths = write_study(study, records, args.out, header=header(study, infos, records, command))
     figs = Path(args.figures)
     figs.mkdir(parents=True, exist_ok=True)
