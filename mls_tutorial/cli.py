@@ -9,8 +9,11 @@ Subcommands:
 - ``evaluate``: re-evaluate run folders (test or validation split, optional temperature scaling).
 - ``sweep``: several losses x margins x seeds in one call -> one table (Markdown, CSV, JSON).
 - ``report``: figures and a Markdown table from existing run folders.
+- ``shipped``: the course's runs shipped with the package: list, ``--verify N``, ``--rebuild``.
 
-Runs are keyed by their config: a finished run is reused (the output says ``[cached]``).
+Runs are keyed by their config: a finished run is reused (the output says ``[cached]``), and a
+run the package ships with exactly that config is copied in (``[shipped]``; ``--no-shipped``
+trains instead).
 Under ``torchrun --nproc_per_node N`` training uses DDP and only rank 0 writes or prints.
 Importing this module stays light (no torch/MONAI until a subcommand runs).
 """
@@ -206,6 +209,11 @@ def _add_runtime_options(p: argparse.ArgumentParser, out_default: str = "runs") 
         "--out", default=out_default, help="root folder of the run folders (default: %(default)s)"
     )
     g.add_argument("--force", action="store_true", help="retrain even if a cached run exists")
+    g.add_argument(
+        "--no-shipped",
+        action="store_true",
+        help="never copy a run shipped with the package: train it here (mls-tutorial shipped)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -375,6 +383,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="how far below CE's validation DSC a config may be and stay eligible (1 point)",
     )
+    p = sub.add_parser(
+        "shipped",
+        help="the course's runs shipped with the package: list, verify, rebuild",
+        formatter_class=fmt,
+        description="List the runs the package ships (the notebooks, demo and docs read them "
+        "instead of training). --verify N retrains N of them (random, or --name) in a "
+        "temporary folder and compares; --rebuild trains every one from scratch and replaces "
+        "the shipped set atomically.",
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--verify", type=_positive_int, metavar="N", help="retrain N shipped runs")
+    g.add_argument("--rebuild", action="store_true", help="retrain and replace every shipped run")
+    p.add_argument("--name", nargs="+", default=None, help="the shipped runs to verify")
+    p.add_argument(
+        "--tolerance",
+        type=_nonneg_float,
+        default=0.02,
+        help="largest absolute difference allowed by --verify (Dice, ECE, gap, ...)",
+    )
+    p.add_argument(
+        "--seed", type=_nonneg_int, default=None, help="which random runs --verify takes"
+    )
+    p.add_argument("--workers", type=_positive_int, default=1, help="--rebuild: runs at once")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -447,7 +480,14 @@ def _train_all(args, configs: list[dict]):
     for cfg in configs:  # every config checked before the first run starts
         normalize_config(cfg)
     return [
-        load_or_train(cfg, args.out, device=device, progress=not args.no_progress, force=args.force)
+        load_or_train(
+            cfg,
+            args.out,
+            device=device,
+            progress=not args.no_progress,
+            force=args.force,
+            use_shipped=not args.no_shipped,
+        )
         for cfg in configs
     ]
 
@@ -531,6 +571,7 @@ def cmd_sweep(args) -> int:
         device=_device(args),
         progress=not args.no_progress,
         force=args.force,
+        use_shipped=not args.no_shipped,
     )
     if not _leave_process_group(runs):
         return 0
@@ -779,12 +820,38 @@ def _comparison_figures(runs, out: Path) -> list[Path]:
     return written
 
 
+def cmd_shipped(args) -> int:
+    from mls_tutorial.runs import shipped, shipping
+
+    if args.name and not args.verify:
+        args.verify = len(args.name)
+    if args.rebuild:
+        shipping.rebuild(workers=args.workers, device=_device(args), progress=not args.no_progress)
+    elif args.verify:
+        results = shipping.verify(
+            args.verify,
+            names=args.name,
+            seed=args.seed,
+            device=_device(args),
+            progress=not args.no_progress,
+        )
+        print(shipping.verification_table(results))
+        worst = max(r["max_abs_diff"] for r in results)
+        ok = worst <= args.tolerance
+        print(f"largest absolute difference {worst:.3g} ({'within' if ok else 'ABOVE'} "
+              f"the tolerance {args.tolerance:g})")  # fmt: skip
+        return 0 if ok else 1
+    print(shipped.listing())
+    return 0
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "sweep": cmd_sweep,
     "report": cmd_report,
+    "shipped": cmd_shipped,
 }
 
 
@@ -796,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import warnings
 
+    from mls_tutorial.runs import TrainingForbidden
     from mls_tutorial.sweep import SweepError
     from mls_tutorial.train import distributed as dist_utils
 
@@ -804,7 +872,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dist_utils.init_from_env(getattr(args, "device", None))
         return COMMANDS[args.command](args)
-    except (CLIError, ValueError, FileNotFoundError, FloatingPointError, SweepError) as exc:
+    except (
+        CLIError,
+        ValueError,
+        FileNotFoundError,
+        FloatingPointError,
+        SweepError,
+        TrainingForbidden,
+    ) as exc:
         print(f"mls-tutorial {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -99,8 +99,8 @@ def _init_worker(threads: int) -> None:
         pass
 
 
-def _train_one(config: dict[str, Any], root: str, device: str | None) -> str:
-    run = load_or_train(config, root, device=device, progress=False)
+def _train_one(config: dict[str, Any], root: str, device: str | None, **load_kwargs) -> str:
+    run = load_or_train(config, root, device=device, progress=False, **load_kwargs)
     return str(run.path)
 
 
@@ -113,8 +113,11 @@ def train_configs(
     progress: bool = True,
     force: bool = False,
     log: Callable[[str], None] | None = print,
+    **load_kwargs: Any,
 ) -> list[Run]:
     """Train (or load) every config under ``root``; the runs, in the order of ``configs``.
+
+    ``load_kwargs`` go to every ``load_or_train`` call (e.g. ``use_shipped=False``).
 
     ``workers > 1``: that many processes (``spawn``), each with ``cores // workers`` threads;
     a failed run is reported after the others finish (finished runs are never lost).
@@ -127,7 +130,7 @@ def train_configs(
     if workers == 1:
         done = {
             run_name(c): load_or_train(
-                c, root, device=device, progress=progress, force=force, log=log
+                c, root, device=device, progress=progress, force=force, log=log, **load_kwargs
             )
             for c in unique
         }
@@ -138,10 +141,10 @@ def train_configs(
         raise ValueError("workers > 1 cannot be combined with torchrun (DDP): use one or the other")
     if force:
         raise ValueError("force=True with workers > 1 is not supported: retrain with workers=1")
-    return _train_parallel(configs, unique, root, workers, device, progress, log)
+    return _train_parallel(configs, unique, root, workers, device, progress, log, load_kwargs)
 
 
-def _train_parallel(configs, unique, root, workers, device, progress, log) -> list[Run]:
+def _train_parallel(configs, unique, root, workers, device, progress, log, load_kwargs):
     import multiprocessing
 
     say = log or (lambda _msg: None)
@@ -159,7 +162,10 @@ def _train_parallel(configs, unique, root, workers, device, progress, log) -> li
         initializer=_init_worker,
         initargs=(threads,),
     ) as pool:
-        futures = {pool.submit(_train_one, c, str(root), device): run_name(c) for c in unique}
+        futures = {
+            pool.submit(_train_one, c, str(root), device, **load_kwargs): run_name(c)
+            for c in unique
+        }
         for fut in as_completed(futures):
             name = futures[fut]
             try:

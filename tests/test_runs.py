@@ -17,6 +17,7 @@ from mls_tutorial.runs import (
     CONFIG_FILE,
     FIGURES,
     METRICS_FILE,
+    WEIGHTS_FILE,
     find_runs,
     load_or_train,
     load_run,
@@ -211,8 +212,9 @@ def test_temperature_scaling_reuses_the_trained_run(root):
     assert ts.path != ce.path and ts.label == "CE + TS"
     t = ts.metrics["temperature"]
     assert t > 0 and math.isfinite(t)
-    same = (ts.path / CHECKPOINT_NAME).read_bytes() == (ce.path / CHECKPOINT_NAME).read_bytes()
-    assert same  # no retraining: the CE checkpoint is reused
+    same = (ts.path / WEIGHTS_FILE).read_bytes() == (ce.path / WEIGHTS_FILE).read_bytes()
+    assert same  # no retraining: the CE weights are reused
+    assert not (ts.path / CHECKPOINT_NAME).exists()  # and no second training state
     from mls_tutorial.data import build_data
 
     data = build_data("synthetic", **DATA)
