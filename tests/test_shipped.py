@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mls_tutorial.runs import (
+    FIGURES,
     METRICS_FILE,
     NO_TRAIN_ENV,
     SHIPPED_FILE,
@@ -81,6 +82,8 @@ def test_a_shipped_run_is_copied_in_and_works_downstream(use_store, tmp_path):
     assert again[0].startswith("[cached]")  # the copy is now an ordinary finished run
     ts = load_or_train(CE_TS, tmp_path, log=None, **_quiet())  # the TS run gets its base's weights
     assert (ts.path / WEIGHTS_FILE).read_bytes() == (run.path / WEIGHTS_FILE).read_bytes()
+    drawn = load_or_train(CE, tmp_path / "b", device="cpu", progress=False, log=None)
+    assert all((drawn.path / name).is_file() for name in FIGURES)  # figures=True draws them
 
 
 def test_any_config_difference_means_training(use_store, tmp_path):

@@ -100,7 +100,10 @@ def load_or_train(
             entry = shipped.find(cfg)
             if entry is not None:
                 shipped.copy_into(entry, path, say)
-                return _cached(path, cfg, lambda _msg: None)
+                run = _cached(path, cfg, lambda _msg: None)
+                if figures:  # a trained run has them: so does the copy
+                    save_figures(run)
+                return run
         if dist_utils.is_main():
             if path.exists() and (force or (path / SHIPPED_FILE).is_file()):
                 move_aside(path, say)
