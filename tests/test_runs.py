@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _tiny_runs import BASE, DATA
 
 from mls_tutorial.results import format_csv, format_markdown, results_table, write_results
 from mls_tutorial.runs import (
@@ -27,9 +28,6 @@ from mls_tutorial.runs import (
     save_figures,
 )
 from mls_tutorial.train import CHECKPOINT_NAME, evaluate, fit, load_checkpoint
-
-DATA = {"n_train": 12, "size": 32, "slices": 3, "n_val": 1, "n_test": 2, "seed": 2}
-BASE = {"data": "synthetic", "data_params": DATA, "iterations": 4, "batch_size": 4, "val_every": 2}
 
 
 def cfg(**kw):

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from _tiny_runs import BASE
 
 from mls_tutorial.runs import (
     FIGURES,
@@ -25,8 +26,6 @@ from mls_tutorial.runs import (
 )
 from mls_tutorial.runs.course import READERS, course_configs
 
-DATA = {"n_train": 12, "size": 32, "slices": 3, "n_val": 1, "n_test": 2, "seed": 2}
-BASE = {"data": "synthetic", "data_params": DATA, "iterations": 4, "batch_size": 4, "val_every": 2}
 CE, CE_TS = {**BASE, "loss": "ce"}, {**BASE, "loss": "ce", "temperature_scaling": True}
 
 
