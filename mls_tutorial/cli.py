@@ -519,6 +519,7 @@ def _sweep_configs(args) -> list[dict]:
 
 
 def cmd_sweep(args) -> int:
+    from mls_tutorial import report
     from mls_tutorial.results import format_markdown, results_table, write_results
     from mls_tutorial.sweep import train_configs
 
@@ -536,7 +537,7 @@ def cmd_sweep(args) -> int:
         return 0
     rows = results_table(runs)
     paths = write_results(rows, args.out, args.name)
-    figs = _comparison_figures(runs, Path(args.out))
+    figs = report.comparison_figures(runs, args.out)
     print(format_markdown(rows))
     print("figures: " + ", ".join(str(p) for p in figs))
     print("table: " + ", ".join(str(p) for p in paths.values()))
@@ -544,6 +545,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from mls_tutorial import report
     from mls_tutorial.results import format_markdown, results_table, write_results
 
     _resolve(args, FAST_DEFAULTS if args.fast else DEMO_DEFAULTS)
@@ -553,34 +555,15 @@ def cmd_demo(args) -> int:
     rows = results_table(runs)
     out = Path(args.out)
     paths = write_results(rows, out, "results")
-    figs = _comparison_figures(runs, out)
+    figs = report.comparison_figures(runs, out)
     print("")
     print(runs[0].metrics["data"]["description"])
     print(format_markdown(rows))
-    print(_demo_summary(rows))
+    print(report.demo_summary(rows))
     print("figures: " + ", ".join(str(p) for p in figs))
     print("per-run folders: " + ", ".join(str(r.path) for r in runs))
     print("table: " + ", ".join(str(p) for p in paths.values()))
     return 0
-
-
-def _demo_summary(rows: list[dict]) -> str:
-    ce = next((r for r in rows if r["loss"] == "ce" and not r["temperature_scaling"]), None)
-    lines = []
-    for r in rows:
-        if ce is None or r is ce or r["ece"] is None or ce["ece"] is None or ce["ece"] == 0:
-            continue
-        change = (r["ece"] - ce["ece"]) / ce["ece"]
-        lines.append(
-            f"{r['method']}: foreground ECE {ce['ece']:.3f} -> {r['ece']:.3f} ({change:+.0%} vs CE), "
-            f"DSC {ce['dice']:.3f} -> {r['dice']:.3f}"
-        )
-    if ce is not None and ce["gap"] is not None:
-        state = "over-confident" if ce["gap"] > 0 else "under-confident"
-        lines.insert(
-            0, f"CE is {state}: mean confidence - accuracy on foreground = {ce['gap']:+.3f}"
-        )
-    return "\n".join(lines)
 
 
 def cmd_evaluate(args) -> int:
@@ -632,151 +615,30 @@ def _load_for_eval(folder: str):
 
 
 def cmd_report(args) -> int:
+    from mls_tutorial import report
     from mls_tutorial.results import format_markdown, results_table, write_results
-    from mls_tutorial.runs import find_runs, run_key, save_figures
+    from mls_tutorial.runs import find_runs, run_key
 
     runs = find_runs(args.root)
     if not runs:
         raise CLIError(f"no finished runs (folders with metrics.json) under {args.root}")
     out = Path(args.out or args.root)
-    for run in runs:
-        missing = [
-            f for f in ("reliability.png", "logit_distances.png") if not (run.path / f).is_file()
-        ]
-        if missing:
-            save_figures(run)
+    report.ensure_run_figures(runs)
     rows = results_table(runs)
     paths = write_results(rows, out, args.name)
     print(format_markdown(rows))
     shown, figs = runs, []
     if args.choose_on:
-        chosen_paths, figs, keys = _choose(runs, rows, out, args.dice_tolerance)
-        paths.update(chosen_paths)
-        shown = [r for r in runs if run_key({**r.config, "seed": 0}) in keys]
-    figs = _comparison_figures(shown, out) + figs  # with --choose-on: the chosen configs only
+        chosen = report.write_chosen(runs, rows, out, args.dice_tolerance)
+        print("Chosen on validation (test numbers; paired differences to CE on the same seeds):")
+        print(chosen.markdown)
+        paths.update(chosen.paths)
+        figs = chosen.figures
+        shown = [r for r in runs if run_key({**r.config, "seed": 0}) in chosen.keys]
+    figs = report.comparison_figures(shown, out) + figs  # with --choose-on: the chosen ones only
     print("figures: " + ", ".join(str(p) for p in figs))
     print("tables: " + ", ".join(str(p) for p in paths.values()))
     return 0
-
-
-def _choose(runs, rows, out: Path, dice_tolerance: float) -> tuple[dict, list[Path], set]:
-    """``report --choose-on val``: chosen.md/.json, grid.md, the weight sweep figure; returns
-    their paths, the figures and the chosen rows' keys."""
-    from mls_tutorial.results import choose_on_validation, chosen_markdown, grid_markdown
-    from mls_tutorial.train import write_json
-    from mls_tutorial.train.checkpoint import atomic_write
-
-    chosen = choose_on_validation(rows, dice_tolerance=dice_tolerance)
-    reference = _reference_row(runs)
-    md = chosen_markdown(chosen, extra_rows=[reference] if reference else ())
-    grid = grid_markdown(rows, chosen)
-    paths = {
-        "chosen": out / "chosen.md",
-        "chosen_json": out / "chosen.json",
-        "grid": out / "grid.md",
-    }
-    atomic_write(paths["chosen"], lambda f: f.write(md.encode()))
-    atomic_write(paths["grid"], lambda f: f.write(grid.encode()))
-    records = [
-        {
-            **c,
-            "chosen": c["chosen"]["method"],
-            # enough to train the chosen config again (notebook 05's table, `train --loss-param`)
-            "config": {k: c["chosen"][k] for k in ("loss", "loss_kwargs", "temperature_scaling")},
-        }
-        for c in chosen
-    ]
-    write_json(
-        {"dice_tolerance": dice_tolerance, "families": records, "reference": reference},
-        paths["chosen_json"],
-    )
-    print("Chosen on validation (test numbers; paired differences to CE on the same seeds):")
-    print(md)
-    return paths, _weight_figure(rows, out), {c["chosen"]["key"] for c in chosen}
-
-
-def _reference_row(runs) -> dict | None:
-    """The true probabilities q scored on the test volumes (data with ``Volume.prob`` only)."""
-    from mls_tutorial.runs import get_data
-    from mls_tutorial.train import evaluate_true_probabilities
-
-    data = get_data(runs[0].config)
-    if any(v.prob is None for v in data.test):
-        return None
-    res = evaluate_true_probabilities(data.test, data.num_classes, class_names=data.class_names)
-    row = {k: res[k] for k in ("dice", "dice_bayes", "hd95", "ece", "ece_true", "tce", "gap")}
-    row["per_class_dice"] = {n: v["dice"] for n, v in res["per_class"].items()}
-    return {"family": "reference", "method": "true probabilities q", **row}
-
-
-def _weight_figure(rows, out: Path) -> list[Path]:
-    from matplotlib.figure import Figure
-
-    from mls_tutorial import plots
-
-    if not plots.weight_curves(rows):
-        return []
-    refs = {r["method"]: r for r in rows if r["family"] == "ce"}
-    fig = Figure(figsize=(13, 4.0), layout="constrained")
-    plots.weight_sweep(rows, references=refs, ax=list(fig.subplots(1, 3)))
-    path = out / "alpha_sweep.png"
-    fig.savefig(path, dpi=110)
-    return [path]
-
-
-def _comparison_figures(runs, out: Path) -> list[Path]:
-    """Side-by-side reliability diagrams, overlaid logit distances and (if several margins) the
-    margin sweep, for the first seed of each method."""
-    try:
-        from matplotlib.figure import Figure
-
-        from mls_tutorial import plots
-    except ImportError as exc:
-        print(f"figures skipped ({exc})", file=sys.stderr)
-        return []
-    firsts: dict[str, Any] = {}
-    for run in runs:
-        firsts.setdefault(run.label, run)
-    shown = list(firsts.values())
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    ncols = min(5, len(shown))  # rows of at most 5 panels
-    nrows = -(-len(shown) // ncols)
-    fig = Figure(figsize=(4.2 * ncols, 4.8 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, run in zip(axes, shown, strict=False):
-        plots.reliability_diagram(run.metrics["meter"], ax=ax, title=f"{run.label} (fg)")
-    for ax in axes[len(shown) :]:
-        ax.set_visible(False)
-    written.append(out / "reliability_comparison.png")
-    fig.savefig(written[-1], dpi=110)
-
-    margins = [r.margin for r in shown if r.margin is not None]
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    plots.logit_distance_histogram(
-        {r.label: r.metrics["histogram"] for r in shown},
-        margin=margins[0] if len(set(margins)) == 1 else None,
-        margins={r.label: r.margin for r in shown if r.margin is not None},
-        ax=fig.add_subplot(),
-    )
-    written.append(out / "logit_distances.png")
-    fig.savefig(written[-1], dpi=110)
-
-    from mls_tutorial.results import results_table
-
-    rows = results_table(runs)
-    sweep = [r for r in rows if r["loss"] == "mbls" and not r["temperature_scaling"]]
-    if len({r["margin"] for r in sweep}) > 1:
-        refs = {
-            r["method"]: r
-            for r in rows
-            if r["loss"] in ("ce", "ls") and not r["temperature_scaling"]
-        }
-        fig = Figure(figsize=(6, 6), layout="constrained")
-        plots.margin_sweep(sweep, references=refs, ax=fig.add_subplot())
-        written.append(out / "margin_sweep.png")
-        fig.savefig(written[-1], dpi=110)
-    return written
 
 
 COMMANDS = {
