@@ -9,6 +9,7 @@ Subcommands:
 - ``evaluate``: re-evaluate run folders (test or validation split, optional temperature scaling).
 - ``sweep``: several losses x margins x seeds in one call -> one table (Markdown, CSV, JSON).
 - ``report``: figures and a Markdown table from existing run folders.
+- ``score``: calibration of any model's saved probability maps (nnU-Net, NIfTI, NumPy folders).
 
 Runs are keyed by their config: a finished run is reused (the output says ``[cached]``).
 Under ``torchrun --nproc_per_node N`` training uses DDP and only rank 0 writes or prints.
@@ -375,6 +376,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="how far below CE's validation DSC a config may be and stay eligible (1 point)",
     )
+
+    p = sub.add_parser(
+        "score",
+        help="calibration of any model's saved probability maps (nnU-Net, NIfTI, NumPy)",
+        formatter_class=fmt,
+        description="Score saved probability maps against label maps: Dice, HD95, foreground "
+        "ECE, CECE, gap, NLL, Brier, reliability diagrams, the logit-distance histogram and a "
+        "plain-language summary.md in OUT. PRED layouts (detected): nnU-Net v2 "
+        "--save_probabilities (CASE.npz, (C, Z, Y, X)), NIfTI (X, Y, Z, C), NumPy CASE.npy "
+        "(C, X, Y, Z). LABELS: CASE.nii.gz label maps (spacing from their headers).",
+    )
+    p.add_argument("pred", help="folder of per-case probability maps")
+    p.add_argument("labels", help="folder of label maps CASE.nii.gz (e.g. nnU-Net's labelsTr)")
+    p.add_argument("--out", required=True, help="output folder (new, empty or an earlier score's)")
+    p.add_argument(
+        "--val-cases",
+        nargs="+",
+        default=[],
+        metavar="CASE",
+        help="case ids (or files of ids) used ONLY to fit temperature scaling; the other cases "
+        "are reported before and after it",
+    )
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="class names in channel order (default: PRED/dataset.json, else class0..)",
+    )
+    p.add_argument(
+        "--background", type=_nonneg_int, default=0, help="label of the background class"
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="skip predictions without a label map (default: an error listing them)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -641,12 +680,32 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from mls_tutorial.score import score_folder
+    from mls_tutorial.score.layouts import parse_case_ids
+
+    metrics = score_folder(
+        args.pred,
+        args.labels,
+        args.out,
+        val_cases=parse_case_ids(args.val_cases),
+        class_names=args.classes,
+        background=args.background,
+        allow_missing=args.allow_missing,
+        progress=not args.no_progress,
+    )
+    print(metrics["summary"])
+    print(f"written to {args.out}: metrics.json, cases.csv, summary.md, figures")
+    return 0
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "sweep": cmd_sweep,
     "report": cmd_report,
+    "score": cmd_score,
 }
 
 
