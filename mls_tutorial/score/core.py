@@ -169,7 +169,7 @@ def _check_piece(name: str, pc: torch.Tensor, yc: torch.Tensor, k: int, tol: flo
         bad = int((~torch.isfinite(pc)).sum())
         raise ScoreInputError(f"case {name}: {bad} probability value(s) are NaN or inf")
     lo, hi = float(pc.min()), float(pc.max())
-    sums = pc.double().sum(0)
+    sums = pc.float().sum(0)
     off = float((sums - 1).abs().max()) if sums.numel() else 0.0
     if lo < 0 or hi > 1 + tol or off > tol:
         text = (
@@ -214,7 +214,7 @@ def fit_temperature_on_cases(
     n_cases: int | None = None,
     seed: int = 0,
     progress: bool = True,
-    chunk_entries: int = 1 << 22,
+    chunk_entries: int = 1 << 20,
 ) -> dict[str, Any]:
     """Fit post-hoc temperature scaling on these (validation) cases only.
 
@@ -292,15 +292,16 @@ def _nanmean(values) -> float:
     return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
 
 
-def _segmentation(pred: np.ndarray, y: np.ndarray, k: int, spacing, hd95: bool):
-    """Dice and HD95 (mm) per foreground class, one binary map at a time (small memory)."""
-    from mls_tutorial.metrics import dice_per_class, hd95_per_class
+def _segmentation(confusion, pred: np.ndarray, y: np.ndarray, k: int, spacing, hd95: bool):
+    """Dice (from the case's confusion matrix) and HD95 (mm; MONAI, one binary map at a time,
+    so memory stays small) per foreground class."""
+    from mls_tutorial.metrics import dice_from_confusion, hd95_per_class
 
-    dice, hd = np.full(k - 1, np.nan), np.full(k - 1, np.nan)
-    for c in range(1, k):
-        pc, yc = (pred == c).astype(np.uint8), (y == c).astype(np.uint8)
-        dice[c - 1] = dice_per_class(pc, yc, 2)[0]
-        if hd95:
+    dice = dice_from_confusion(confusion)
+    hd = np.full(k - 1, np.nan)
+    if hd95:
+        for c in range(1, k):
+            pc, yc = (pred == c).astype(np.uint8), (y == c).astype(np.uint8)
             hd[c - 1] = hd95_per_class(pc, yc, 2, spacing=spacing)[0]
     return dice, hd
 
@@ -316,7 +317,7 @@ def score_cases(
     hd95: bool = True,
     progress: bool = True,
     total: int | None = None,
-    chunk_entries: int = 1 << 22,
+    chunk_entries: int = 1 << 20,
 ) -> dict[str, Any]:
     """Score saved probability maps against labels, one case in memory at a time.
 
@@ -355,17 +356,20 @@ def score_cases(
         for v in variants:
             v.start_case(k, n_bins)
         pred = np.empty(y.shape, dtype=np.int16 if k < 32000 else np.int64)
-        bayes = None if case.true_probabilities is None else np.empty_like(pred)
         labels = np.empty(y.shape, dtype=pred.dtype) if perm is not None else y
         sat["dtypes"].add(str(p.dtype))
+        confusion = torch.zeros(k * k, dtype=torch.int64)
+        bayes_conf = torch.zeros(k * k, dtype=torch.int64)
         for index, pc, logp, yc, q in case_pieces(case, p, y, k, perm, chunk_entries):
             for v in variants:
                 v.add(logp, yc, q, n_bins)
-            pred[index] = pc.argmax(0).numpy().reshape(pred[index].shape)
+            pc_pred = pc.argmax(0)
+            confusion += torch.bincount(pc_pred * k + yc, minlength=k * k)
+            pred[index] = pc_pred.numpy().reshape(pred[index].shape)
             if perm is not None:
                 labels[index] = yc.numpy().reshape(labels[index].shape)
             if q is not None:
-                bayes[index] = q.argmax(0).numpy().reshape(bayes[index].shape)
+                bayes_conf += torch.bincount(pc_pred * k + q.argmax(0), minlength=k * k)
             sat["saturated"] += int((pc.max(0).values == 1).sum())
             sat["zero_entries"] += int((pc == 0).sum())
             sat["voxels"] += yc.numel()
@@ -375,11 +379,13 @@ def score_cases(
         del case, p, y  # the probabilities may go now
         cal = [v.end_case() for v in variants]
         spacing_t = None if spacing is None else tuple(float(s) for s in spacing)
-        dice, hd = _segmentation(pred, labels, k, spacing_t, hd95)
+        dice, hd = _segmentation(confusion.view(k, k).numpy(), pred, labels, k, spacing_t, hd95)
         dice_v.append(dice)
         hd_v.append(hd)
         if has_q:
-            bayes_v.append(_segmentation(pred, bayes, k, spacing_t, False)[0])
+            bayes_v.append(
+                _segmentation(bayes_conf.view(k, k).numpy(), pred, None, k, None, False)[0]
+            )
         rows.append({"name": name, "dice": dice, "hd95": hd, "cal": cal})
     if k is None:
         raise ScoreInputError("no case to score: the iterable of cases is empty")
