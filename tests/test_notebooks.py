@@ -297,6 +297,8 @@ def check_03_exercises(m: dict):
 
 
 def check_04(m: dict):
+    from mls_tutorial.score import OUTPUT_FILES
+
     for key in ("acdc", "decathlon"):
         assert m[key]["n_volumes"] >= 1
         assert math.isfinite(m[key]["hd95"])
@@ -304,6 +306,20 @@ def check_04(m: dict):
     assert m["hd95_monai_mm"] == pytest.approx(m["hd95_library_mm"], rel=1e-5)
     assert m["hd95_monai_mm"] != pytest.approx(m["hd95_ignoring_spacing"], rel=1e-3)
     assert len(m["acdc_per_class"]) == 3
+    # "Score your own model": score on the nnU-Net-style files reproduces evaluate's numbers
+    s = m["score"]
+    assert s["files"] == sorted(OUTPUT_FILES)
+    assert s["reported_cases"] and s["val_cases"] and s["n_cases"] == len(s["reported_cases"])
+    assert not set(s["reported_cases"]) & set(s["val_cases"])  # T never sees a reported case
+    assert math.isfinite(s["temperature"]) and s["temperature"] > 0
+    assert s["ece"] == pytest.approx(s["evaluate"]["ece"], abs=1e-6)
+    assert s["gap"] == pytest.approx(s["evaluate"]["gap"], abs=1e-6)
+    assert s["dice"] == pytest.approx(s["evaluate"]["dice"], abs=1e-6)  # MONAI's is float32
+    assert s["hd95"] == pytest.approx(s["evaluate"]["hd95"], rel=1e-6)
+    assert s["in_memory_ece"] == pytest.approx(s["ece"], abs=1e-9)
+    shares = [s["share_above"][k] for k in ("2", "5", "10")]
+    assert all(0.0 <= v <= 1.0 for v in shares) and shares == sorted(shares, reverse=True)
+    assert all(math.isfinite(s[k]) for k in ("ece_ts", "gap_ts", "nll_ts"))
 
 
 def check_05(m: dict):
