@@ -16,8 +16,10 @@ if any). Wall time is the papermill call (kernel start to shutdown).
 every run the notebook needs): the notebooks write any missing run into it, so pass a folder you
 may write into (for a read-only cache of symlinked runs, ``cp -a`` the folder first: the links
 are kept and complete runs are only loaded). The run folders present before and after each
-notebook are counted, and the ``[cached]`` lines of its output, to say what was trained and what
-was loaded. Results: a table on stdout and ``--work``/memory.json.
+notebook are counted, and the ``[cached]`` and ``[shipped]`` lines of its output, to say what was
+trained, loaded, or copied from the package's shipped runs. ``--no-train`` sets
+``MLS_TUTORIAL_NO_TRAIN=1`` (a notebook that would train fails). Results: a table on stdout (with
+the total wall time) and ``--work``/memory.json.
 """
 
 from __future__ import annotations
@@ -113,8 +115,15 @@ def measure(path: Path, work: Path, runs_dir: Path, timeout: int) -> dict:
         "children_peak_rss_gb": round(probe["children_maxrss_kb"] / 2**20, 3),
         "wall_s": round(wall, 1),
         "runs_dir": str(runs_dir) if "runs_dir" in parameters else None,
-        "runs_trained": sorted(run_folders(runs_dir) - before) if "runs_dir" in parameters else [],
+        "runs_trained": sorted(  # new folders, less the shipped copies
+            name
+            for name in run_folders(runs_dir) - before
+            if not (runs_dir / name / "shipped.json").is_file()
+        )
+        if "runs_dir" in parameters
+        else [],
         "cached_lines": text.count("[cached]"),
+        "shipped_lines": text.count("[shipped]"),
         "retries": len(retries),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in load_after],
@@ -131,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs cache the notebooks read and write (default: empty, cold)")  # fmt: skip
     parser.add_argument("--work", type=Path, default=None, help="outputs (default: a tmp dir)")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument("--no-train", action="store_true", help="MLS_TUTORIAL_NO_TRAIN=1")
     args = parser.parse_args(argv)
+    if args.no_train:
+        os.environ["MLS_TUTORIAL_NO_TRAIN"] = "1"  # the kernels inherit it
     work = args.work or Path(tempfile.mkdtemp(prefix="mls-nbmem-"))
     work.mkdir(parents=True, exist_ok=True)
     runs_dir = (args.runs_dir or work / "runs").absolute()
@@ -145,17 +157,22 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['notebook']}: peak kernel RSS {r['peak_rss_gb']:.2f} GB "
             f"(children {r['children_peak_rss_gb']:.2f} GB), {r['wall_s']:.0f} s, "
-            f"trained {len(r['runs_trained'])} runs, {r['cached_lines']} [cached] lines, "
+            f"trained {len(r['runs_trained'])} runs, {r['cached_lines']} [cached] and "
+            f"{r['shipped_lines']} [shipped] lines, "
             f"load {r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}",
             flush=True,
         )
-    print("\n| notebook | peak kernel RSS (GB) | wall (s) | runs trained | load (1 min) |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| notebook | peak kernel RSS (GB) | wall (s) | runs trained | [shipped] | load (1 min) |"
+    )
+    print("|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['notebook']} | {r['peak_rss_gb']:.2f} | {r['wall_s']:.0f} | "
-            f"{len(r['runs_trained'])} | {r['load_before'][0]:.1f}-{r['load_after'][0]:.1f} |"
+            f"{len(r['runs_trained'])} | {r.get('shipped_lines', 0)} | "
+            f"{r['load_before'][0]:.1f}-{r['load_after'][0]:.1f} |"
         )
+    print(f"total wall {sum(r['wall_s'] for r in results):.0f} s")
     return 0
 
 

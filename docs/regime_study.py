@@ -221,6 +221,7 @@ def run_chain(task: dict, root: str, device: str, deadline: float | None, rate: 
                 data=data,
                 progress=False,
                 figures=False,
+                use_shipped=False,  # the base run is this study's, so is its TS
                 log=None,
             )
         wall = time.time() - t0

@@ -9,8 +9,12 @@ Subcommands:
 - ``evaluate``: re-evaluate run folders (test or validation split, optional temperature scaling).
 - ``sweep``: several losses x margins x seeds in one call -> one table (Markdown, CSV, JSON).
 - ``report``: figures and a Markdown table from existing run folders.
+- ``shipped``: the course's runs shipped with the package: list, ``--verify N``, ``--rebuild``.
+- ``score``: calibration of any model's saved probability maps (nnU-Net, NIfTI, NumPy folders).
 
-Runs are keyed by their config: a finished run is reused (the output says ``[cached]``).
+Runs are keyed by their config: a finished run is reused (the output says ``[cached]``), and a
+run the package ships with exactly that config is copied in (``[shipped]``; ``--no-shipped``
+trains instead).
 Under ``torchrun --nproc_per_node N`` training uses DDP and only rank 0 writes or prints.
 Importing this module stays light (no torch/MONAI until a subcommand runs).
 """
@@ -206,6 +210,11 @@ def _add_runtime_options(p: argparse.ArgumentParser, out_default: str = "runs") 
         "--out", default=out_default, help="root folder of the run folders (default: %(default)s)"
     )
     g.add_argument("--force", action="store_true", help="retrain even if a cached run exists")
+    g.add_argument(
+        "--no-shipped",
+        action="store_true",
+        help="never copy a run shipped with the package: train it here (mls-tutorial shipped)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -375,6 +384,69 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="how far below CE's validation DSC a config may be and stay eligible (1 point)",
     )
+    p = sub.add_parser(
+        "shipped",
+        help="the course's runs shipped with the package: list, verify, rebuild",
+        formatter_class=fmt,
+        description="List the runs the package ships (the notebooks, demo and docs read them "
+        "instead of training). --verify N retrains N of them (random, or --name) in a "
+        "temporary folder and compares; --rebuild trains every one from scratch and replaces "
+        "the shipped set atomically.",
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--verify", type=_positive_int, metavar="N", help="retrain N shipped runs")
+    g.add_argument("--rebuild", action="store_true", help="retrain and replace every shipped run")
+    p.add_argument("--name", nargs="+", default=None, help="the shipped runs to verify")
+    p.add_argument(
+        "--tolerance",
+        type=_nonneg_float,
+        default=0.02,
+        help="largest absolute difference allowed by --verify (Dice, ECE, gap, ...)",
+    )
+    p.add_argument(
+        "--seed", type=_nonneg_int, default=None, help="which random runs --verify takes"
+    )
+    p.add_argument("--workers", type=_positive_int, default=1, help="--rebuild: runs at once")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "score",
+        help="calibration of any model's saved probability maps (nnU-Net, NIfTI, NumPy)",
+        formatter_class=fmt,
+        description="Score saved probability maps against label maps: Dice, HD95, foreground "
+        "ECE, CECE, gap, NLL, Brier, reliability diagrams, the logit-distance histogram and a "
+        "plain-language summary.md in OUT. PRED layouts (detected): nnU-Net v2 "
+        "--save_probabilities (CASE.npz, (C, Z, Y, X)), NIfTI (X, Y, Z, C), NumPy CASE.npy "
+        "(C, X, Y, Z). LABELS: CASE.nii.gz label maps (spacing from their headers).",
+    )
+    p.add_argument("pred", help="folder of per-case probability maps")
+    p.add_argument("labels", help="folder of label maps CASE.nii.gz (e.g. nnU-Net's labelsTr)")
+    p.add_argument("--out", required=True, help="output folder (new, empty or an earlier score's)")
+    p.add_argument(
+        "--val-cases",
+        nargs="+",
+        default=[],
+        metavar="CASE",
+        help="case ids (or files of ids) used ONLY to fit temperature scaling; the other cases "
+        "are reported before and after it",
+    )
+    p.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="class names in channel order (default: PRED/dataset.json, else class0..)",
+    )
+    p.add_argument(
+        "--background", type=_nonneg_int, default=0, help="label of the background class"
+    )
+    p.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="skip predictions without a label map (default: an error listing them)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -447,7 +519,14 @@ def _train_all(args, configs: list[dict]):
     for cfg in configs:  # every config checked before the first run starts
         normalize_config(cfg)
     return [
-        load_or_train(cfg, args.out, device=device, progress=not args.no_progress, force=args.force)
+        load_or_train(
+            cfg,
+            args.out,
+            device=device,
+            progress=not args.no_progress,
+            force=args.force,
+            use_shipped=not args.no_shipped,
+        )
         for cfg in configs
     ]
 
@@ -519,6 +598,7 @@ def _sweep_configs(args) -> list[dict]:
 
 
 def cmd_sweep(args) -> int:
+    from mls_tutorial import report
     from mls_tutorial.results import format_markdown, results_table, write_results
     from mls_tutorial.sweep import train_configs
 
@@ -531,12 +611,13 @@ def cmd_sweep(args) -> int:
         device=_device(args),
         progress=not args.no_progress,
         force=args.force,
+        use_shipped=not args.no_shipped,
     )
     if not _leave_process_group(runs):
         return 0
     rows = results_table(runs)
     paths = write_results(rows, args.out, args.name)
-    figs = _comparison_figures(runs, Path(args.out))
+    figs = report.comparison_figures(runs, args.out)
     print(format_markdown(rows))
     print("figures: " + ", ".join(str(p) for p in figs))
     print("table: " + ", ".join(str(p) for p in paths.values()))
@@ -544,6 +625,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from mls_tutorial import report
     from mls_tutorial.results import format_markdown, results_table, write_results
 
     _resolve(args, FAST_DEFAULTS if args.fast else DEMO_DEFAULTS)
@@ -553,34 +635,15 @@ def cmd_demo(args) -> int:
     rows = results_table(runs)
     out = Path(args.out)
     paths = write_results(rows, out, "results")
-    figs = _comparison_figures(runs, out)
+    figs = report.comparison_figures(runs, out)
     print("")
     print(runs[0].metrics["data"]["description"])
     print(format_markdown(rows))
-    print(_demo_summary(rows))
+    print(report.demo_summary(rows))
     print("figures: " + ", ".join(str(p) for p in figs))
     print("per-run folders: " + ", ".join(str(r.path) for r in runs))
     print("table: " + ", ".join(str(p) for p in paths.values()))
     return 0
-
-
-def _demo_summary(rows: list[dict]) -> str:
-    ce = next((r for r in rows if r["loss"] == "ce" and not r["temperature_scaling"]), None)
-    lines = []
-    for r in rows:
-        if ce is None or r is ce or r["ece"] is None or ce["ece"] is None or ce["ece"] == 0:
-            continue
-        change = (r["ece"] - ce["ece"]) / ce["ece"]
-        lines.append(
-            f"{r['method']}: foreground ECE {ce['ece']:.3f} -> {r['ece']:.3f} ({change:+.0%} vs CE), "
-            f"DSC {ce['dice']:.3f} -> {r['dice']:.3f}"
-        )
-    if ce is not None and ce["gap"] is not None:
-        state = "over-confident" if ce["gap"] > 0 else "under-confident"
-        lines.insert(
-            0, f"CE is {state}: mean confidence - accuracy on foreground = {ce['gap']:+.3f}"
-        )
-    return "\n".join(lines)
 
 
 def cmd_evaluate(args) -> int:
@@ -632,151 +695,74 @@ def _load_for_eval(folder: str):
 
 
 def cmd_report(args) -> int:
+    from mls_tutorial import report
     from mls_tutorial.results import format_markdown, results_table, write_results
-    from mls_tutorial.runs import find_runs, run_key, save_figures
+    from mls_tutorial.runs import find_runs, run_key
 
     runs = find_runs(args.root)
     if not runs:
         raise CLIError(f"no finished runs (folders with metrics.json) under {args.root}")
     out = Path(args.out or args.root)
-    for run in runs:
-        missing = [
-            f for f in ("reliability.png", "logit_distances.png") if not (run.path / f).is_file()
-        ]
-        if missing:
-            save_figures(run)
+    report.ensure_run_figures(runs)
     rows = results_table(runs)
     paths = write_results(rows, out, args.name)
     print(format_markdown(rows))
     shown, figs = runs, []
     if args.choose_on:
-        chosen_paths, figs, keys = _choose(runs, rows, out, args.dice_tolerance)
-        paths.update(chosen_paths)
-        shown = [r for r in runs if run_key({**r.config, "seed": 0}) in keys]
-    figs = _comparison_figures(shown, out) + figs  # with --choose-on: the chosen configs only
+        chosen = report.write_chosen(runs, rows, out, args.dice_tolerance)
+        print("Chosen on validation (test numbers; paired differences to CE on the same seeds):")
+        print(chosen.markdown)
+        paths.update(chosen.paths)
+        figs = chosen.figures
+        shown = [r for r in runs if run_key({**r.config, "seed": 0}) in chosen.keys]
+    figs = report.comparison_figures(shown, out) + figs  # with --choose-on: the chosen ones only
     print("figures: " + ", ".join(str(p) for p in figs))
     print("tables: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
-def _choose(runs, rows, out: Path, dice_tolerance: float) -> tuple[dict, list[Path], set]:
-    """``report --choose-on val``: chosen.md/.json, grid.md, the weight sweep figure; returns
-    their paths, the figures and the chosen rows' keys."""
-    from mls_tutorial.results import choose_on_validation, chosen_markdown, grid_markdown
-    from mls_tutorial.train import write_json
-    from mls_tutorial.train.checkpoint import atomic_write
+def cmd_score(args) -> int:
+    from mls_tutorial.score import score_folder
+    from mls_tutorial.score.layouts import parse_case_ids
 
-    chosen = choose_on_validation(rows, dice_tolerance=dice_tolerance)
-    reference = _reference_row(runs)
-    md = chosen_markdown(chosen, extra_rows=[reference] if reference else ())
-    grid = grid_markdown(rows, chosen)
-    paths = {
-        "chosen": out / "chosen.md",
-        "chosen_json": out / "chosen.json",
-        "grid": out / "grid.md",
-    }
-    atomic_write(paths["chosen"], lambda f: f.write(md.encode()))
-    atomic_write(paths["grid"], lambda f: f.write(grid.encode()))
-    records = [
-        {
-            **c,
-            "chosen": c["chosen"]["method"],
-            # enough to train the chosen config again (notebook 05's table, `train --loss-param`)
-            "config": {k: c["chosen"][k] for k in ("loss", "loss_kwargs", "temperature_scaling")},
-        }
-        for c in chosen
-    ]
-    write_json(
-        {"dice_tolerance": dice_tolerance, "families": records, "reference": reference},
-        paths["chosen_json"],
+    metrics = score_folder(
+        args.pred,
+        args.labels,
+        args.out,
+        val_cases=parse_case_ids(args.val_cases),
+        class_names=args.classes,
+        background=args.background,
+        allow_missing=args.allow_missing,
+        progress=not args.no_progress,
     )
-    print("Chosen on validation (test numbers; paired differences to CE on the same seeds):")
-    print(md)
-    return paths, _weight_figure(rows, out), {c["chosen"]["key"] for c in chosen}
+    print(metrics["summary"])
+    print(f"written to {args.out}: metrics.json, cases.csv, summary.md, figures")
+    return 0
 
 
-def _reference_row(runs) -> dict | None:
-    """The true probabilities q scored on the test volumes (data with ``Volume.prob`` only)."""
-    from mls_tutorial.runs import get_data
-    from mls_tutorial.train import evaluate_true_probabilities
+def cmd_shipped(args) -> int:
+    from mls_tutorial.runs import shipped, shipping
 
-    data = get_data(runs[0].config)
-    if any(v.prob is None for v in data.test):
-        return None
-    res = evaluate_true_probabilities(data.test, data.num_classes, class_names=data.class_names)
-    row = {k: res[k] for k in ("dice", "dice_bayes", "hd95", "ece", "ece_true", "tce", "gap")}
-    row["per_class_dice"] = {n: v["dice"] for n, v in res["per_class"].items()}
-    return {"family": "reference", "method": "true probabilities q", **row}
-
-
-def _weight_figure(rows, out: Path) -> list[Path]:
-    from matplotlib.figure import Figure
-
-    from mls_tutorial import plots
-
-    if not plots.weight_curves(rows):
-        return []
-    refs = {r["method"]: r for r in rows if r["family"] == "ce"}
-    fig = Figure(figsize=(13, 4.0), layout="constrained")
-    plots.weight_sweep(rows, references=refs, ax=list(fig.subplots(1, 3)))
-    path = out / "alpha_sweep.png"
-    fig.savefig(path, dpi=110)
-    return [path]
-
-
-def _comparison_figures(runs, out: Path) -> list[Path]:
-    """Side-by-side reliability diagrams, overlaid logit distances and (if several margins) the
-    margin sweep, for the first seed of each method."""
-    try:
-        from matplotlib.figure import Figure
-
-        from mls_tutorial import plots
-    except ImportError as exc:
-        print(f"figures skipped ({exc})", file=sys.stderr)
-        return []
-    firsts: dict[str, Any] = {}
-    for run in runs:
-        firsts.setdefault(run.label, run)
-    shown = list(firsts.values())
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    ncols = min(5, len(shown))  # rows of at most 5 panels
-    nrows = -(-len(shown) // ncols)
-    fig = Figure(figsize=(4.2 * ncols, 4.8 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, run in zip(axes, shown, strict=False):
-        plots.reliability_diagram(run.metrics["meter"], ax=ax, title=f"{run.label} (fg)")
-    for ax in axes[len(shown) :]:
-        ax.set_visible(False)
-    written.append(out / "reliability_comparison.png")
-    fig.savefig(written[-1], dpi=110)
-
-    margins = [r.margin for r in shown if r.margin is not None]
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    plots.logit_distance_histogram(
-        {r.label: r.metrics["histogram"] for r in shown},
-        margin=margins[0] if len(set(margins)) == 1 else None,
-        margins={r.label: r.margin for r in shown if r.margin is not None},
-        ax=fig.add_subplot(),
-    )
-    written.append(out / "logit_distances.png")
-    fig.savefig(written[-1], dpi=110)
-
-    from mls_tutorial.results import results_table
-
-    rows = results_table(runs)
-    sweep = [r for r in rows if r["loss"] == "mbls" and not r["temperature_scaling"]]
-    if len({r["margin"] for r in sweep}) > 1:
-        refs = {
-            r["method"]: r
-            for r in rows
-            if r["loss"] in ("ce", "ls") and not r["temperature_scaling"]
-        }
-        fig = Figure(figsize=(6, 6), layout="constrained")
-        plots.margin_sweep(sweep, references=refs, ax=fig.add_subplot())
-        written.append(out / "margin_sweep.png")
-        fig.savefig(written[-1], dpi=110)
-    return written
+    if args.name and not args.verify:
+        args.verify = len(args.name)
+    if args.rebuild:
+        shipping.rebuild(workers=args.workers, device=_device(args), progress=not args.no_progress)
+    elif args.verify:
+        results = shipping.verify(
+            args.verify,
+            names=args.name,
+            seed=args.seed,
+            device=_device(args),
+            progress=not args.no_progress,
+        )
+        print(shipping.verification_table(results))
+        worst = max(r["max_abs_diff"] for r in results)
+        ok = worst <= args.tolerance
+        print(f"largest absolute difference {worst:.3g} ({'within' if ok else 'ABOVE'} "
+              f"the tolerance {args.tolerance:g})")  # fmt: skip
+        return 0 if ok else 1
+    print(shipped.listing())
+    return 0
 
 
 COMMANDS = {
@@ -785,6 +771,8 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "sweep": cmd_sweep,
     "report": cmd_report,
+    "shipped": cmd_shipped,
+    "score": cmd_score,
 }
 
 
@@ -796,6 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import warnings
 
+    from mls_tutorial.runs import TrainingForbidden
     from mls_tutorial.sweep import SweepError
     from mls_tutorial.train import distributed as dist_utils
 
@@ -804,7 +793,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dist_utils.init_from_env(getattr(args, "device", None))
         return COMMANDS[args.command](args)
-    except (CLIError, ValueError, FileNotFoundError, FloatingPointError, SweepError) as exc:
+    except (
+        CLIError,
+        ValueError,
+        FileNotFoundError,
+        FloatingPointError,
+        SweepError,
+        TrainingForbidden,
+    ) as exc:
         print(f"mls-tutorial {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

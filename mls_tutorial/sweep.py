@@ -105,8 +105,8 @@ def _init_worker(threads: int) -> None:
         pass
 
 
-def _train_one(config: dict[str, Any], root: str, device: str | None) -> str:
-    run = load_or_train(config, root, device=device, progress=False)
+def _train_one(config: dict[str, Any], root: str, device: str | None, **load_kwargs) -> str:
+    run = load_or_train(config, root, device=device, progress=False, **load_kwargs)
     return str(run.path)
 
 
@@ -119,8 +119,11 @@ def train_configs(
     progress: bool = True,
     force: bool = False,
     log: Callable[[str], None] | None = print,
+    **load_kwargs: Any,
 ) -> list[Run]:
     """Train (or load) every config under ``root``; the runs, in the order of ``configs``.
+
+    ``load_kwargs`` go to every ``load_or_train`` call (e.g. ``use_shipped=False``).
 
     ``workers > 1``: that many processes (``spawn``), each with ``cores // workers`` threads;
     a failed run is reported after the others finish (finished runs are never lost).
@@ -133,7 +136,7 @@ def train_configs(
     if workers == 1:
         done = {
             run_name(c): load_or_train(
-                c, root, device=device, progress=progress, force=force, log=log
+                c, root, device=device, progress=progress, force=force, log=log, **load_kwargs
             )
             for c in unique
         }
@@ -144,10 +147,10 @@ def train_configs(
         raise ValueError("workers > 1 cannot be combined with torchrun (DDP): use one or the other")
     if force:
         raise ValueError("force=True with workers > 1 is not supported: retrain with workers=1")
-    return _train_parallel(configs, unique, root, workers, device, progress, log)
+    return _train_parallel(configs, unique, root, workers, device, progress, log, load_kwargs)
 
 
-def _train_parallel(configs, unique, root, workers, device, progress, log) -> list[Run]:
+def _train_parallel(configs, unique, root, workers, device, progress, log, load_kwargs):
     import multiprocessing
 
     say = log or (lambda _msg: None)
@@ -165,7 +168,10 @@ def _train_parallel(configs, unique, root, workers, device, progress, log) -> li
         initializer=_init_worker,
         initargs=(threads,),
     ) as pool:
-        futures = {pool.submit(_train_one, c, str(root), device): run_name(c) for c in unique}
+        futures = {
+            pool.submit(_train_one, c, str(root), device, **load_kwargs): run_name(c)
+            for c in unique
+        }
         for fut in as_completed(futures):
             name = futures[fut]
             try:
@@ -200,7 +206,9 @@ def train_ladder(
     checkpoint (copied into its own folder, whose ``config.json`` says its own length) and
     resumes: weights, optimizer, scheduler, RNG, history and an adaptive loss's state continue
     exactly as in one uninterrupted run (bit for bit on CPU), so a ladder costs its longest run.
-    Every length but the last must be a multiple of ``val_every``. Cached rungs are loaded.
+    Every length but the last must be a multiple of ``val_every``. Cached rungs are loaded;
+    shipped runs (``runs.shipped``) are not used: they hold weights, not the optimizer state a
+    longer rung continues from.
     ``before_rung(iterations, start)``, called before a rung that must be trained (from
     ``start`` iterations), may return False to stop the ladder there (e.g. at a deadline); the
     rungs reached are returned.
@@ -249,6 +257,14 @@ def train_ladder(
                         tmp.replace(path / CHECKPOINT_NAME)
                         say(f"[ladder] {path.name} continues {runs[-1].name} from {start}")
         runs.append(
-            load_or_train(cfg, root, device=device, progress=progress, figures=figures, log=log)
+            load_or_train(
+                cfg,
+                root,
+                device=device,
+                progress=progress,
+                figures=figures,
+                use_shipped=False,  # a shipped copy has weights, not the optimizer to go on
+                log=log,
+            )
         )
     return runs

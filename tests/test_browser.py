@@ -1,9 +1,9 @@
 """A real JupyterLab in headless Chromium: notebook 02 runs, its margin slider moves the figure.
 
 Starts ``jupyter lab`` on 127.0.0.1 (free port, token auth, news popup off through an
-``overrides.json`` in a temporary app settings dir), opens a copy of notebook 02 with the fast
-parameters injected by papermill (``prepare_only``: nothing executed), runs all cells in the
-browser, moves the margin slider with the keyboard, and checks that the widget's figure
+``overrides.json`` in a temporary app settings dir), opens a copy of notebook 02 on its default
+parameters (papermill's ``prepare_only`` sets only its output and runs folders), runs all cells
+in the browser as a learner would, with training forbidden (the runs are the shipped ones), moves the margin slider with the keyboard, and checks that the widget's figure
 changed and that no cell errored. Screenshots go to ``test-artifacts/browser/``.
 
 Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``playwright`` package;
@@ -12,6 +12,7 @@ skipped with the reason otherwise.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import secrets
@@ -79,8 +80,8 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.5):
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory, notebook_fast_parameters):
-    """A JupyterLab server on a copy of notebook 02 with fast parameters; yields (url, path)."""
+def lab(tmp_path_factory):
+    """A JupyterLab server on a copy of notebook 02 on its defaults; yields (url, path)."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: apt-get install chromium")
     pytest.importorskip("playwright.sync_api", reason="pip install playwright")
@@ -92,7 +93,6 @@ def lab(tmp_path_factory, notebook_fast_parameters):
     settings.mkdir()
     (settings / "overrides.json").write_text(json.dumps(NEWS_OFF))
     params = {
-        **notebook_fast_parameters[STEM],
         "output_dir": str(tmp / "output"),
         "runs_dir": str(tmp / "runs"),
     }
@@ -112,6 +112,7 @@ def lab(tmp_path_factory, notebook_fast_parameters):
         "JUPYTERLAB_SETTINGS_DIR": str(tmp / "user-settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
         "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
+        "MLS_TUTORIAL_NO_TRAIN": "1",  # the kernel inherits it: the shipped runs, no training
     }
     cmd = [
         sys.executable, "-m", "jupyterlab", "--no-browser",
@@ -136,7 +137,9 @@ def lab(tmp_path_factory, notebook_fast_parameters):
 
     try:
         _wait(ready, 90, "jupyter lab to start")
-        yield {"url": url, "token": token, "tmp": tmp, "params": params}
+        declared = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{STEM}.ipynb"))
+        margins = ast.literal_eval(declared["margins"]["default"])  # the slider's stops
+        yield {"url": url, "token": token, "tmp": tmp, "params": {**params, "margins": margins}}
     finally:
         server.terminate()
         try:

@@ -63,7 +63,7 @@ def _subparsers(parser):
 def test_every_option_of_every_command_has_help():
     parser = build_parser()
     commands = _subparsers(parser)
-    assert set(commands) == {"demo", "train", "evaluate", "sweep", "report"}
+    assert set(commands) == {"demo", "train", "evaluate", "sweep", "report", "score", "shipped"}
     for name, sub in commands.items():
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"

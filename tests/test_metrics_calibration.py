@@ -407,3 +407,33 @@ def test_cuda_matches_cpu():
         assert meter._tables["count"].device.type == device
         results.append(meter.compute())
     assert_close(results[1], results[0], keys=(*KEYS, "nll"))
+
+
+def test_add_volume_counts_a_volume_fed_in_pieces_as_one_volume():
+    g = torch.Generator().manual_seed(7)
+    vols = [
+        (
+            torch.randn(1, 3, 6, 5, 4, generator=g) * 3,
+            torch.randint(0, 3, (1, 6, 5, 4), generator=g),
+        )
+    ]
+    vols.append(
+        (
+            torch.randn(1, 3, 4, 5, 4, generator=g) * 3,
+            torch.randint(0, 3, (1, 4, 5, 4), generator=g),
+        )
+    )
+    whole = CalibrationMeter(3, region="foreground", per_volume=True)
+    pieces = CalibrationMeter(3, region="foreground", per_volume=True)
+    for z, y in vols:
+        whole.update(z, y)
+        part = CalibrationMeter(3, region="foreground")
+        for s in (slice(0, 2), slice(2, None)):  # two pieces along the first spatial axis
+            part.update(z[:, :, s], y[:, s])
+        pieces.add_volume(part)
+    a, b = whole.compute(), pieces.compute()
+    assert b["n_volumes"] == 2
+    for key in ("ece", "cece", "nll", "ece_mean_over_volumes", "gap_mean_over_volumes"):
+        assert b[key] == pytest.approx(a[key], rel=1e-12), key
+    with pytest.raises(ValueError, match="configs differ"):
+        pieces.add_volume(CalibrationMeter(3, region="all"))

@@ -113,3 +113,18 @@ def test_bad_spacing_and_policy():
             hd95_per_class(pred, target, num_classes=3, spacing=spacing)
     with pytest.raises(ValueError, match="one_empty"):
         hd95_per_class(pred, target, num_classes=3, one_empty="zero")
+
+
+def test_dice_from_confusion_equals_dice_per_class_with_its_empty_policy():
+    from mls_tutorial.metrics import dice_from_confusion
+
+    rng = np.random.default_rng(3)
+    pred, target = rng.integers(0, 3, (7, 6, 5)), rng.integers(0, 3, (7, 6, 5))
+    pred[pred == 2] = 1  # class 2: in the target only (Dice 0); class 3: nowhere (NaN)
+    confusion = np.bincount((pred * 4 + target).ravel(), minlength=16).reshape(4, 4)
+    # float64 counts here, MONAI's float32 there
+    np.testing.assert_allclose(
+        dice_from_confusion(confusion), dice_per_class(pred, target, 4), rtol=1e-6, equal_nan=True
+    )
+    with pytest.raises(ValueError, match="K x K"):
+        dice_from_confusion(np.ones((2, 3)))

@@ -11,12 +11,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from _tiny_runs import BASE, DATA
 
 from mls_tutorial.results import format_csv, format_markdown, results_table, write_results
 from mls_tutorial.runs import (
     CONFIG_FILE,
     FIGURES,
     METRICS_FILE,
+    WEIGHTS_FILE,
     find_runs,
     load_or_train,
     load_run,
@@ -26,9 +28,6 @@ from mls_tutorial.runs import (
     save_figures,
 )
 from mls_tutorial.train import CHECKPOINT_NAME, evaluate, fit, load_checkpoint
-
-DATA = {"n_train": 12, "size": 32, "slices": 3, "n_val": 1, "n_test": 2, "seed": 2}
-BASE = {"data": "synthetic", "data_params": DATA, "iterations": 4, "batch_size": 4, "val_every": 2}
 
 
 def cfg(**kw):
@@ -211,8 +210,9 @@ def test_temperature_scaling_reuses_the_trained_run(root):
     assert ts.path != ce.path and ts.label == "CE + TS"
     t = ts.metrics["temperature"]
     assert t > 0 and math.isfinite(t)
-    same = (ts.path / CHECKPOINT_NAME).read_bytes() == (ce.path / CHECKPOINT_NAME).read_bytes()
-    assert same  # no retraining: the CE checkpoint is reused
+    same = (ts.path / WEIGHTS_FILE).read_bytes() == (ce.path / WEIGHTS_FILE).read_bytes()
+    assert same  # no retraining: the CE weights are reused
+    assert not (ts.path / CHECKPOINT_NAME).exists()  # and no second training state
     from mls_tutorial.data import build_data
 
     data = build_data("synthetic", **DATA)

@@ -6,7 +6,8 @@
   ``brier_score``, ``negative_log_likelihood``.
 - ``LogitDistanceHistogram``: streaming histogram of logit distances ``d_k = max_j z_j - z_k``
   with exact counts above given margins; ``distance_summary``: their exact mean and shares.
-- ``dice_per_class``, ``hd95_per_class``: per-volume segmentation scores (MONAI, imported lazily).
+- ``dice_per_class``, ``hd95_per_class``: per-volume segmentation scores (MONAI, imported lazily);
+  ``dice_from_confusion``: Dice from a confusion matrix summed over pieces of a volume.
 - ``true_calibration_error`` / ``truth_table``: ``tce``, ``ece_true``, ``prob_gap`` against known
   true class probabilities (the bundled data).
 """
@@ -20,7 +21,7 @@ from .calibration import (
     negative_log_likelihood,
 )
 from .distances import LogitDistanceHistogram, distance_summary
-from .segmentation import dice_per_class, hd95_per_class
+from .segmentation import dice_from_confusion, dice_per_class, hd95_per_class
 from .truth import true_calibration_error, truth_table
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "LogitDistanceHistogram",
     "brier_score",
     "classwise_calibration_error",
+    "dice_from_confusion",
     "dice_per_class",
     "distance_summary",
     "expected_calibration_error",

@@ -117,6 +117,25 @@ class CalibrationMeter:
         if self.per_volume:
             self._volumes.append(fold(self._spec, tables))
 
+    def add_volume(self, other: CalibrationMeter) -> None:
+        """Add every voxel ``other`` has seen as ONE volume (score a volume piece by piece in a
+        fresh meter, then add it here). ``other`` must have the same classes, bins, region and
+        ignore_index; its own per-volume split is not kept."""
+        if not isinstance(other, CalibrationMeter):
+            raise ValueError(f"other must be a CalibrationMeter, got {type(other).__name__}")
+        mine = {k: v for k, v in self._config().items() if k != "per_volume"}
+        theirs = {k: v for k, v in other._config().items() if k != "per_volume"}
+        if mine != theirs:
+            raise ValueError(f"meter configs differ: {theirs} cannot be added to {mine}")
+        device = self._tables["count"].device if self._placed else other._tables["count"].device
+        self._tables = to_device(self._spec, self._tables, device)
+        self._placed = True
+        tables = to_device(self._spec, other._tables, device)  # a copy, folded into lane 0
+        for key, value in tables.items():
+            self._tables[key] += value
+        if self.per_volume:
+            self._volumes.append(fold(self._spec, tables))
+
     # ---------------------------------------------------------------- results
     def _merged(self, tables: dict, reduce: bool) -> tuple:
         """``(count, hits, conf_sum)`` as ``(1 + K, B)`` numpy, ``[brier_sum, nll_sum]``, n_logit."""

@@ -80,6 +80,24 @@ def dice_per_class(pred, target, num_classes: int, include_background: bool = Fa
     return dice[0 if include_background else 1 :]
 
 
+def dice_from_confusion(confusion, include_background: bool = False) -> np.ndarray:
+    """Dice per class from a ``K x K`` confusion matrix of voxel counts ``confusion[pred, target]``
+    (summable over pieces of a volume): ``2 C_kk / (sum_j C_kj + sum_i C_ik)``, float64.
+
+    The empty-structure policy of ``dice_per_class``: both empty NaN, exactly one empty 0.
+    """
+    c = np.asarray(confusion, dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.shape[0] < 2:
+        raise ValueError(f"confusion must be a K x K matrix with K >= 2, got shape {c.shape}")
+    if np.any(c < 0) or not np.all(np.isfinite(c)):
+        raise ValueError("confusion must hold finite counts >= 0")
+    n_pred, n_true = c.sum(1), c.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = 2 * np.diag(c) / (n_pred + n_true)
+    dice[(n_pred > 0) ^ (n_true > 0)] = 0.0
+    return dice[0 if include_background else 1 :]
+
+
 def _spacing(spacing, ndim: int) -> tuple[float, ...]:
     if spacing is None:
         return (1.0,) * ndim

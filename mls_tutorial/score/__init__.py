@@ -1,0 +1,48 @@
+"""Score any model's saved probability maps: the course's metrics, figures and summary.
+
+    from mls_tutorial.score import score_cases, score_folder
+
+- ``score_cases(pairs)``: any iterable of ``(probabilities (C, *spatial), labels, spacing)``
+  -> the results dict of a run (Dice, HD95, foreground ECE, ``ece_all``, CECE, gap, NLL, Brier,
+  logit distances), exact streaming meters, one case in memory at a time (``core``);
+- ``fit_temperature_on_cases(val_pairs)``: post-hoc temperature scaling fitted on validation
+  cases only (``log p / T`` is temperature scaling of the logits) (``core``);
+- ``score_folder(pred, labels, out)``: nnU-Net v2 ``.npz``, NIfTI ``(X, Y, Z, C)`` or NumPy
+  ``(C, X, Y, Z)`` folders (``layouts``) -> ``metrics.json``, ``cases.csv``, figures and
+  ``summary.md``, written atomically (``folder``); the ``mls-tutorial score`` command.
+"""
+
+from mls_tutorial.score.core import (
+    SCORE_MARGINS,
+    class_gaps,
+    fit_temperature_on_cases,
+    score_cases,
+)
+from mls_tutorial.score.folder import OUTPUT_FILES, score_folder
+from mls_tutorial.score.layouts import (
+    LAYOUTS,
+    Case,
+    ScoreInputError,
+    detect_layout,
+    read_dataset_json,
+    read_label,
+    read_probabilities,
+)
+from mls_tutorial.score.summary import summary_text
+
+__all__ = [
+    "LAYOUTS",
+    "OUTPUT_FILES",
+    "SCORE_MARGINS",
+    "Case",
+    "ScoreInputError",
+    "class_gaps",
+    "detect_layout",
+    "fit_temperature_on_cases",
+    "read_dataset_json",
+    "read_label",
+    "read_probabilities",
+    "score_cases",
+    "score_folder",
+    "summary_text",
+]

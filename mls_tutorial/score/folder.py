@@ -1,0 +1,186 @@
+"""``score_folder``: a folder of saved probability maps + a folder of labels -> an output folder.
+
+``OUT`` gets ``metrics.json`` (the keys of a run's, plus ``score`` and, with validation cases,
+``temperature_scaled`` and ``temperature_fit``), ``cases.csv`` (one row per reported case),
+``reliability.png``, ``classwise_reliability.png``, ``logit_distances.png`` and ``summary.md``.
+Everything is written into a temporary sibling folder first and moved into place at the end,
+so a failed run leaves no half-written output (and an earlier ``score`` output stays whole).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mls_tutorial.score.core import SCORE_MARGINS, fit_temperature_on_cases, score_cases
+from mls_tutorial.score.layouts import (
+    ScoreInputError,
+    load_cases,
+    match_cases,
+    read_dataset_json,
+    split_cases,
+)
+from mls_tutorial.score.summary import summary_text
+
+OUTPUT_FILES = (
+    "metrics.json",
+    "cases.csv",
+    "reliability.png",
+    "classwise_reliability.png",
+    "logit_distances.png",
+    "summary.md",
+)
+
+
+def _check_out(out: Path) -> None:
+    """OUT must be new, empty, or an earlier ``score`` output (which is then replaced)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ScoreInputError(f"--out {out} exists and is not a folder")
+    if any(out.iterdir()) and not _is_score_output(out):
+        raise ScoreInputError(
+            f"--out {out} is a non-empty folder that no earlier `score` wrote: choose a new or "
+            "empty folder (score replaces only its own output)"
+        )
+
+
+def _is_score_output(out: Path) -> bool:
+    try:
+        return "score" in json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` folder to ``out`` (an earlier output is replaced whole)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _class_names(given, info):
+    if given:
+        return list(given)
+    return list(info.class_names) if info.class_names else None
+
+
+def cases_csv(metrics: dict[str, Any]) -> str:
+    """One row per reported case: Dice, HD95, calibration (and after temperature scaling)."""
+    ts = metrics.get("temperature_scaled")
+    fg = list(metrics["per_class"])
+    head = ["case", "n_fg_voxels", "dice", "hd95", "ece", "cece", "gap", "nll", "brier"]
+    head += [f"dice_{c}" for c in fg] + [f"hd95_{c}" for c in fg]
+    if ts is not None:
+        head += ["ece_ts", "gap_ts", "nll_ts"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(head)
+    for i, row in enumerate(metrics["per_volume"]):
+        cells = [row["name"], row["n_voxels"]]
+        cells += [row[k] for k in ("dice", "hd95", "ece", "cece", "gap", "nll", "brier")]
+        cells += [row["dice_per_class"][c] for c in fg] + [row["hd95_per_class"][c] for c in fg]
+        if ts is not None:
+            after = ts["per_volume"][i]
+            cells += [after["ece"], after["gap"], after["nll"]]
+        writer.writerow([f"{c:.6g}" if isinstance(c, float) else c for c in cells])
+    return buf.getvalue()
+
+
+def score_folder(
+    pred: str | Path,
+    labels: str | Path,
+    out: str | Path,
+    *,
+    val_cases: Sequence[str] = (),
+    class_names: Sequence[str] | None = None,
+    background: int = 0,
+    allow_missing: bool = False,
+    progress: bool = True,
+    hd95: bool = True,
+    margins: Sequence[float] = SCORE_MARGINS,
+) -> dict[str, Any]:
+    """Score every case of ``pred`` against ``labels`` and write ``OUTPUT_FILES`` to ``out``.
+
+    ``val_cases``: ids of cases used ONLY to fit post-hoc temperature scaling (never reported);
+    the other cases are reported before and after it. Returns the metrics written.
+    """
+    from mls_tutorial import report
+    from mls_tutorial.train import write_json
+    from mls_tutorial.train.checkpoint import atomic_write
+
+    out = Path(out)
+    _check_out(out)
+    info = read_dataset_json(pred)
+    if info.regions is not None:
+        regions = ", ".join(f"{r} = labels {list(v)}" for r, v in info.regions.items())
+        raise ScoreInputError(
+            f"{info.path} describes a region-based model ({regions}): its channels are sigmoid "
+            "probabilities of overlapping regions, not a softmax over classes, and score does "
+            "not mix the two. Score one region at a time as a binary problem: "
+            "score_cases((np.stack([1 - p[r], p[r]]), np.isin(label, values), spacing) ...)"
+        )
+    cases, missing = match_cases(pred, labels, allow_missing=allow_missing)
+    val, reported = split_cases(cases, list(val_cases))
+    fit = None
+    if val:
+        fit = fit_temperature_on_cases(
+            load_cases(val), background=background, n_cases=len(val), progress=progress
+        )
+    metrics = score_cases(
+        load_cases(reported),
+        class_names=_class_names(class_names, info),
+        background=background,
+        temperature=None if fit is None else fit["temperature"],
+        hd95=hd95,
+        progress=progress,
+        total=len(reported),
+        margins=margins,
+    )
+    layout = cases[0].layout
+    metrics["temperature_fit"] = fit
+    metrics["data"]["description"] = f"{layout} probability maps in {Path(pred).resolve()}"
+    metrics["source"] = {
+        "pred": str(Path(pred).resolve()),
+        "labels": str(Path(labels).resolve()),
+        "layout": layout,
+        "reported_cases": [c.name for c in reported],
+        "val_cases": [c.name for c in val],
+        "skipped_without_label": missing,
+        "dataset_json": None if info.path is None else str(info.path),
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        names = metrics["data"]["class_names"]
+        meters = {"as saved": metrics["meter"]}
+        hists = {"as saved": metrics["histogram"]}
+        if fit is not None:
+            label = f"T = {fit['temperature']:.2f}"
+            meters[label] = metrics["temperature_scaled"]["meter"]
+            hists[label] = metrics["temperature_scaled"]["histogram"]
+        report.calibration_figures(meters, hists, tmp, class_names=names, margins=margins)
+        text = summary_text(metrics, layout=layout, val=fit)
+        atomic_write(
+            tmp / "summary.md", lambda f: f.write(("# Calibration summary\n\n" + text).encode())
+        )
+        atomic_write(tmp / "cases.csv", lambda f: f.write(cases_csv(metrics).encode()))
+        write_json(metrics, tmp / "metrics.json")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    metrics["summary"] = text
+    return metrics
