@@ -474,18 +474,24 @@ def _session_line(info: dict) -> str:
     rungs: dict[int, int] = {}
     for lad in info.get("ladders", []):
         for r in lad["rungs"]:
-            rungs[r["iterations"]] = rungs.get(r["iterations"], 0) + 1
+            if not r.get("cached"):  # trained in this session
+                rungs[r["iterations"]] = rungs.get(r["iterations"], 0) + 1
     errors = info.get("errors") or []
     text = (
         f"`{info.get('command', '?')}`: {info.get('machine', '?')}, "
-        f"{info.get('workers', '?')} workers, {info.get('elapsed_s', 0):.0f} s; rungs finished "
+        f"{info.get('workers', '?')} workers, {info.get('elapsed_s', 0):.0f} s; rungs trained "
         + (", ".join(f"{k} x {n} it" for n, k in sorted(rungs.items())) or "none")
     )
     if errors:
         kinds = sorted(set(errors))
-        text += f"; {len(errors)} ladders failed ({'; '.join(kinds)})"
-    if info.get("cut"):
-        text += "; not run: " + "; ".join(info["cut"])
+        text += (
+            f"; {len(errors)} ladders failed ({'; '.join(kinds)}), keeping the rungs they "
+            "had finished (not counted here; they are in the cells)"
+        )
+    # a failed ladder "stopped after 0 iterations" is one of the failures counted above
+    cut = [c for c in info.get("cut") or [] if not (errors and c.endswith("after 0 iterations"))]
+    if cut:
+        text += "; not run: " + "; ".join(cut)
     return text
 
 
@@ -724,7 +730,7 @@ def main(argv=None) -> int:
         cut += summarize(sched.terminated, "terminated in flight (their finished rungs are kept)")
         stops: dict[tuple, int] = {}
         for r in sched.finished:
-            if len(r["done"]) < len(lengths):
+            if len(r["done"]) < len(lengths) and not r.get("error"):
                 at = (r["task"]["preset"], max(r["done"], default=0))
                 stops[at] = stops.get(at, 0) + 1
         short = [f"{p}: {k} ladders stopped after {n} iterations" for (p, n), k in stops.items()]
