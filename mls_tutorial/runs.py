@@ -467,10 +467,11 @@ def run_lock(root: str | Path, name: str, say: Callable[[str], None] = print):
 
 def _seeded_model(cfg: dict[str, Any], data):
     from mls_tutorial.models import build_unet
-    from mls_tutorial.train.sampling import seed_everything
+    from mls_tutorial.train.sampling import RNG_LOCK, seed_everything
 
-    seed_everything(cfg["seed"])
-    return build_unet(data.in_channels, data.num_classes, cfg["preset"])
+    with RNG_LOCK:  # seed and initialise in one step: threads of a process share the RNGs
+        seed_everything(cfg["seed"])
+        return build_unet(data.in_channels, data.num_classes, cfg["preset"])
 
 
 def _train_and_evaluate(cfg, path, device, progress, data, force, figures, say) -> Run:
