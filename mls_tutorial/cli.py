@@ -554,6 +554,7 @@ def _sweep_executor(args):
 
 
 def cmd_sweep(args) -> int:
+    from mls_tutorial.cluster import SharedRootError
     from mls_tutorial.results import format_markdown, results_table, write_results
     from mls_tutorial.sweep import train_configs
 
@@ -571,7 +572,7 @@ def cmd_sweep(args) -> int:
                 progress=not args.no_progress,
                 force=args.force,
             )
-    except (ImportError, ConnectionError) as exc:  # no Dask here, or no scheduler there
+    except (ImportError, ConnectionError, SharedRootError) as exc:  # Dask, scheduler, root
         raise CLIError(str(exc)) from None
     if not _leave_process_group(runs):
         return 0

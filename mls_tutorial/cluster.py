@@ -10,21 +10,30 @@ it is called, so ``import mls_tutorial`` never does.
   ``max(1, cores // slots)`` where ``cores`` is what the worker process may use and ``slots`` the
   ``nthreads`` of every worker on the same host (the runs that can train there at once), so
   runs sharing a machine never oversubscribe its cores.
-- ``check_root_on_workers(executor, root, token)``: the run root must be one folder every worker
-  sees (a shared file system); each connected worker reads the client's marker in it and writes
-  and reads back its own, before any run starts.
+- The run root must be one folder every worker sees (a shared file system): the client writes a
+  marker in it (``root_marker``), and every connected worker (``check_root_on_workers``), then
+  the first task on any worker (``check_shared_root``), reads it and writes and reads back its
+  own, before any run starts; ``SharedRootError`` names the folder and the worker otherwise.
+
+This module imports neither torch nor Dask at import time (a worker checks the root quickly).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from pathlib import Path
 
 INSTALL_HINT = 'pip install "mls-tutorial[dask]"'
+
+
+class SharedRootError(RuntimeError):
+    """A worker cannot see the sweep's run root (it must be one folder every worker sees)."""
 
 
 def _distributed():
@@ -114,14 +123,69 @@ def threads_on_this_worker() -> int | None:
     return max(1, CPU_COUNT // max(slots, worker.state.nthreads, 1))
 
 
+#: where a sweep leaves its marker (``<root>/.sweep-check/<token>/``; hidden: find_runs skips it)
+MARKER_DIR = ".sweep-check"
+_CHECKED: set[tuple[str, str]] = set()  # (root, token) already checked in this process
+
+
+def check_shared_root(root: str, token: str, where: str | None = None) -> str:
+    """Check that this process sees the sweep's run root; returns who checked (``where``).
+
+    Reads the client's marker ``<root>/.sweep-check/<token>/client`` (it must hold ``token``:
+    the same folder, not one of the same name), then writes and reads back a marker of its own.
+    ``SharedRootError`` names the folder and the worker otherwise. Once per process and sweep.
+    """
+    where = where or worker_label()
+    if (root, token) in _CHECKED:
+        return where
+    folder = Path(root) / MARKER_DIR / token
+    try:
+        seen = (folder / "client").read_text()
+    except OSError as exc:
+        seen = f"unreadable ({exc.strerror or exc})"
+    if seen != token:
+        found = seen if seen.startswith("unreadable") else "another sweep's"
+        raise SharedRootError(
+            f"{where} does not see the run root {root}: the marker this sweep wrote there is "
+            f"{found}. The run root must be one folder every worker sees at the same path (a "
+            "shared file system); no run was started on this worker."
+        )
+    mine = folder / f"worker-{uuid.uuid4().hex}"
+    try:
+        mine.write_text(where)
+        ok = mine.read_text() == where
+        mine.unlink()
+    except OSError as exc:
+        raise SharedRootError(f"{where} cannot write in the run root {root}: {exc}") from None
+    if not ok:
+        raise SharedRootError(f"{where} read back another marker than it wrote in {root}")
+    _CHECKED.add((root, token))
+    return where
+
+
+@contextlib.contextmanager
+def root_marker(root: Path) -> Iterator[str]:
+    """Write this sweep's marker in ``root`` (atomically); remove it when the sweep ends."""
+    token = uuid.uuid4().hex
+    folder = root / MARKER_DIR / token
+    folder.mkdir(parents=True)
+    tmp = folder / ".client.tmp"
+    tmp.write_text(token)
+    tmp.replace(folder / "client")
+    try:
+        yield token
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # another sweep may still use it
+            folder.parent.rmdir()
+
+
 def check_root_on_workers(executor: Executor, root: str, token: str) -> None:
     """Every worker connected now reads the sweep's marker in ``root`` (Dask executors only).
 
     Raises ``SharedRootError`` naming the folder and every worker that cannot see it. Workers
     that join later check on their first task instead (``sweep._train_one``).
     """
-    from mls_tutorial.sweep import SharedRootError
-
     client = dask_client(executor)
     if client is None:
         return
@@ -133,6 +197,4 @@ def check_root_on_workers(executor: Executor, root: str, token: str) -> None:
 
 def _check_on_worker(root: str, token: str, dask_worker) -> str:
     """``check_shared_root`` as ``Client.run`` calls it (Dask passes ``dask_worker``)."""
-    from mls_tutorial.sweep import check_shared_root
-
     return check_shared_root(root, token, where=f"Dask worker {dask_worker.address}")

@@ -29,22 +29,17 @@ import itertools
 import json
 import multiprocessing
 import os
-import shutil
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from mls_tutorial.cluster import SharedRootError
 from mls_tutorial.runs import Run, load_or_train, load_run, normalize_config, run_name
 
 
 class SweepError(RuntimeError):
     """Some runs of a sweep failed (the others finished and are kept)."""
-
-
-class SharedRootError(SweepError):
-    """A worker cannot see the sweep's run root (it must be one folder every worker sees)."""
 
 
 def parse_grid(text: str) -> tuple[str, dict[str, list[Any]]]:
@@ -95,67 +90,6 @@ def family(config: dict[str, Any]) -> str:
     return config["loss"]
 
 
-# ------------------------------------------------------------------------- the shared run root
-
-#: where a sweep leaves its marker (``<root>/.sweep-check/<token>/``; hidden: find_runs skips it)
-MARKER_DIR = ".sweep-check"
-_CHECKED: set[tuple[str, str]] = set()  # (root, token) already checked in this process
-
-
-def check_shared_root(root: str, token: str, where: str | None = None) -> str:
-    """Check that this process sees the sweep's run root; returns who checked (``where``).
-
-    Reads the client's marker ``<root>/.sweep-check/<token>/client`` (it must hold ``token``:
-    the same folder, not one of the same name), then writes and reads back a marker of its own.
-    ``SharedRootError`` names the folder and the worker otherwise. Once per process and sweep.
-    """
-    from mls_tutorial.cluster import worker_label
-
-    where = where or worker_label()
-    if (root, token) in _CHECKED:
-        return where
-    folder = Path(root) / MARKER_DIR / token
-    try:
-        seen = (folder / "client").read_text()
-    except OSError as exc:
-        seen = f"unreadable ({exc.strerror or exc})"
-    if seen != token:
-        raise SharedRootError(
-            f"{where} does not see the run root {root}: the marker the client wrote there is "
-            f"{seen if seen.startswith('unreadable') else 'another sweep' + chr(39) + 's'}. "
-            "The run root must be one folder every worker sees at the same path (a shared "
-            "file system); no run was started on this worker."
-        )
-    mine = folder / f"worker-{uuid.uuid4().hex}"
-    try:
-        mine.write_text(where)
-        ok = mine.read_text() == where
-        mine.unlink()
-    except OSError as exc:
-        raise SharedRootError(f"{where} cannot write in the run root {root}: {exc}") from None
-    if not ok:
-        raise SharedRootError(f"{where} read back another marker than it wrote in {root}")
-    _CHECKED.add((root, token))
-    return where
-
-
-@contextlib.contextmanager
-def _root_marker(root: Path) -> Iterator[str]:
-    """Write this sweep's marker in ``root`` (atomically); remove it when the sweep ends."""
-    token = uuid.uuid4().hex
-    folder = root / MARKER_DIR / token
-    folder.mkdir(parents=True)
-    tmp = folder / ".client.tmp"
-    tmp.write_text(token)
-    tmp.replace(folder / "client")
-    try:
-        yield token
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        with contextlib.suppress(OSError):  # another sweep may still use it
-            folder.parent.rmdir()
-
-
 # ------------------------------------------------------------------------------- one task
 
 
@@ -179,7 +113,7 @@ def _train_one(
     options: dict[str, Any],
 ) -> dict[str, Any]:
     """One task: check the root, set the threads, ``load_or_train``; its log lines come back."""
-    from mls_tutorial.cluster import threads_on_this_worker
+    from mls_tutorial.cluster import check_shared_root, threads_on_this_worker
 
     where = check_shared_root(root, token)
     used = _use_threads(threads if threads is not None else threads_on_this_worker())
@@ -323,11 +257,11 @@ def _describe(executor: Executor, threads: int | None, workers: int | None) -> s
 
 def _train_on(executor, configs, unique, root, task, threads, progress, log, workers=None):
     """One task per unique config on ``executor``; runs reloaded here, in ``configs`` order."""
-    from mls_tutorial.cluster import check_root_on_workers
+    from mls_tutorial.cluster import check_root_on_workers, root_marker
 
     say = log or (lambda _msg: None)
     root.mkdir(parents=True, exist_ok=True)
-    with _root_marker(root) as token:
+    with root_marker(root) as token:
         check_root_on_workers(executor, str(root), token)
         say(f"[sweep] {len(unique)} runs on {_describe(executor, threads, workers)} -> {root}")
         futures = {
