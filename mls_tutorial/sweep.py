@@ -192,14 +192,14 @@ def train_configs(
     _check_count("workers", workers)
     _check_count("threads_per_run", threads_per_run, none_ok=True)
     _check_options(options)
+    if executor is not None and workers != 1:
+        raise ValueError("give workers (a local pool) or an executor, not both")
     configs = [normalize_config(c) for c in configs]  # every config checked before any run
     unique = list({run_name(c): c for c in configs}.values())
     if executor is None and workers == 1:
         return _train_here(
             configs, unique, Path(root), threads_per_run, device, progress, force, log, options
         )
-    if executor is not None and workers != 1:
-        raise ValueError("give workers (a local pool) or an executor, not both")
     from mls_tutorial.train import distributed as dist_utils
 
     if dist_utils.is_distributed():
