@@ -354,6 +354,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="runs trained at once, in separate processes of cores/workers threads each",
     )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="train on the Dask cluster of this scheduler (tcp://host:port) instead of local "
+        "processes, one task per run; --out must be a folder every worker sees",
+    )
+    g.add_argument(
+        "--scheduler-file",
+        metavar="PATH",
+        default=None,
+        help="as --scheduler, from the file `dask scheduler --scheduler-file PATH` writes",
+    )
+    p.add_argument(
+        "--threads-per-run",
+        type=_positive_int,
+        default=None,
+        help="torch threads of each run (default: the machine's cores / the runs it trains at once)",
+    )
     p.add_argument(
         "--name", default="results", help="file stem of the table (<out>/<name>.md/.csv/.json)"
     )
@@ -597,22 +617,44 @@ def _sweep_configs(args) -> list[dict]:
     return configs
 
 
+def _sweep_executor(args):
+    """The Dask executor of ``--scheduler``/``--scheduler-file``; None: the local pool."""
+    import contextlib
+
+    if args.scheduler is None and args.scheduler_file is None:
+        return contextlib.nullcontext(None)
+    if args.workers != 1:
+        raise CLIError(
+            "--workers sizes the local pool; with a scheduler its workers train the runs"
+        )
+    from mls_tutorial.cluster import dask_executor
+
+    return dask_executor(args.scheduler, args.scheduler_file)
+
+
 def cmd_sweep(args) -> int:
     from mls_tutorial import report
+    from mls_tutorial.cluster import SharedRootError
     from mls_tutorial.results import format_markdown, results_table, write_results
     from mls_tutorial.sweep import train_configs
 
     _resolve(args, DEMO_DEFAULTS)
     configs = _sweep_configs(args)
-    runs = train_configs(
-        configs,
-        args.out,
-        workers=args.workers,
-        device=_device(args),
-        progress=not args.no_progress,
-        force=args.force,
-        use_shipped=not args.no_shipped,
-    )
+    try:
+        with _sweep_executor(args) as executor:
+            runs = train_configs(
+                configs,
+                args.out,
+                executor=executor,
+                workers=args.workers,
+                threads_per_run=args.threads_per_run,
+                device=_device(args),
+                progress=not args.no_progress,
+                force=args.force,
+                use_shipped=not args.no_shipped,
+            )
+    except (ImportError, ConnectionError, SharedRootError) as exc:  # Dask, scheduler, root
+        raise CLIError(str(exc)) from None
     if not _leave_process_group(runs):
         return 0
     rows = results_table(runs)

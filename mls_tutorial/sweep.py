@@ -1,4 +1,4 @@
-"""Sweeps: a grid of configs per method family, trained by parallel worker processes.
+"""Sweeps: a grid of configs per method family, trained in parallel (local processes or Dask).
 
 A **grid** names a loss and the values of its knobs; each ``KEY=V1,V2`` multiplies the grid::
 
@@ -11,9 +11,13 @@ with ``margin=0``, which is the linear (equality) penalty ``linear``, and CE + t
 ``ce_ts``.
 
 ``train_configs(configs, root, workers=N)`` trains every config not already in ``root``; with
-``N > 1`` in ``N`` processes of ``cores // N`` threads each (no oversubscription). Every run
-folder has one writer (``runs.run_lock``), so two sweeps, or a sweep and a notebook, that share a
-root never train the same run twice: the second waits and loads it.
+``N > 1`` in ``N`` processes of ``cores // N`` threads each (no oversubscription).
+``train_configs(configs, root, executor=client.get_executor())`` sends one task per run to any
+``concurrent.futures.Executor``, a Dask cluster's included (``mls_tutorial.cluster``); the local
+pool is one such executor. Every run folder has one writer (``runs.run_lock``, an OS lock that
+dies with its holder), so two sweeps, or a sweep and a notebook, that share a root never train
+the same run twice: the second waits and loads it; a run whose worker died resumes from its
+last checkpoint wherever the task is retried.
 
 ``train_ladder(config, [1000, 2000, 4000], root)`` trains one config for several lengths at the
 cost of the longest: each longer run resumes from the previous one's last checkpoint, which is
@@ -22,15 +26,20 @@ what training it alone would have done (the engine's resume contract).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import itertools
 import json
+import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from mls_tutorial.cluster import SharedRootError
 from mls_tutorial.runs import Run, load_or_train, load_run, normalize_config, run_name
 from mls_tutorial.train.checkpoint import CHECKPOINT_NAME
 
@@ -87,106 +96,229 @@ def family(config: dict[str, Any]) -> str:
     return config["loss"]
 
 
-def _threads_per_worker(workers: int) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, cores // workers)
+# ------------------------------------------------------------------------------- one task
 
 
-def _init_worker(threads: int) -> None:
+def _use_threads(threads: int | None) -> int:
+    """Set torch's thread count (None: leave it); the count now in use."""
     import torch
 
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+        with contextlib.suppress(RuntimeError):  # can only be set once per process
+            torch.set_num_interop_threads(1)
+    return torch.get_num_threads()
+
+
+def _train_one(
+    config: dict[str, Any],
+    root: str,
+    token: str,
+    threads: int | None,
+    device: str | None,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """One task: check the root, set the threads, ``load_or_train``; its log lines come back."""
+    from mls_tutorial.cluster import check_shared_root, threads_on_this_worker
+
+    where = check_shared_root(root, token)
+    used = _use_threads(threads if threads is not None else threads_on_this_worker())
+    lines: list[str] = []
+    run = load_or_train(config, root, device=device, progress=False, log=lines.append, **options)
+    return {
+        "path": str(run.path),
+        "cached": run.cached,
+        "log": lines,
+        "worker": where,
+        "threads": used,
+    }
+
+
+# ------------------------------------------------------------------------------ the sweep
+
+
+def _cores() -> int:
     try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set in this process
-        pass
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
-def _train_one(config: dict[str, Any], root: str, device: str | None, **load_kwargs) -> str:
-    run = load_or_train(config, root, device=device, progress=False, **load_kwargs)
-    return str(run.path)
+def _threads_per_worker(workers: int) -> int:
+    return max(1, _cores() // workers)
+
+
+def _check_count(name: str, value: Any, none_ok: bool = False) -> None:
+    if none_ok and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """Extra keywords must be ``load_or_train``'s (checked before any run starts)."""
+    own = {"config", "root", "device", "progress", "force", "log"}
+    allowed = set(inspect.signature(load_or_train).parameters) - own
+    bad = sorted(set(options) - allowed)
+    if bad:
+        raise TypeError(
+            f"train_configs got unknown keyword argument(s) {bad}; extra keywords go to "
+            f"load_or_train: {sorted(allowed)}"
+        )
 
 
 def train_configs(
     configs: Sequence[dict[str, Any]],
     root: str | Path,
     *,
+    executor: Executor | None = None,
     workers: int = 1,
+    threads_per_run: int | None = None,
     device: str | None = None,
     progress: bool = True,
     force: bool = False,
     log: Callable[[str], None] | None = print,
-    **load_kwargs: Any,
+    **options: Any,
 ) -> list[Run]:
     """Train (or load) every config under ``root``; the runs, in the order of ``configs``.
 
-    ``load_kwargs`` go to every ``load_or_train`` call (e.g. ``use_shipped=False``).
+    - ``executor``: any ``concurrent.futures.Executor``, e.g. a Dask client's
+      ``client.get_executor()``: one task per unique config. On a Dask worker a run uses
+      ``cores // slots`` torch threads (``cluster.threads_on_this_worker``).
+    - ``workers > 1`` (no executor): a local pool of that many ``spawn`` processes, each run with
+      ``cores // workers`` threads; the same code path as an executor.
+    - ``workers == 1`` (no executor): one after the other in this process.
+    - ``threads_per_run``: torch threads per run, instead of the rules above.
+    - ``options``: more keyword arguments of ``load_or_train`` (e.g. ``figures=False``).
 
-    ``workers > 1``: that many processes (``spawn``), each with ``cores // workers`` threads;
-    a failed run is reported after the others finish (finished runs are never lost).
+    With an executor or a pool, ``root`` must be a folder every worker sees: each worker checks
+    it before its first run (``check_shared_root``). A failed run is reported after the others
+    finish (``SweepError``); finished runs are never lost.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    _check_count("workers", workers)
+    _check_count("threads_per_run", threads_per_run, none_ok=True)
+    _check_options(options)
+    if executor is not None and workers != 1:
+        raise ValueError("give workers (a local pool) or an executor, not both")
     configs = [normalize_config(c) for c in configs]  # every config checked before any run
     unique = list({run_name(c): c for c in configs}.values())
-    root = Path(root)
-    if workers == 1:
-        done = {
-            run_name(c): load_or_train(
-                c, root, device=device, progress=progress, force=force, log=log, **load_kwargs
-            )
-            for c in unique
-        }
-        return [done[run_name(c)] for c in configs]
+    if executor is None and workers == 1:
+        return _train_here(
+            configs, unique, Path(root), threads_per_run, device, progress, force, log, options
+        )
     from mls_tutorial.train import distributed as dist_utils
 
     if dist_utils.is_distributed():
-        raise ValueError("workers > 1 cannot be combined with torchrun (DDP): use one or the other")
+        raise ValueError(
+            "parallel sweeps cannot be combined with torchrun (DDP): use one or the other"
+        )
     if force:
-        raise ValueError("force=True with workers > 1 is not supported: retrain with workers=1")
-    return _train_parallel(configs, unique, root, workers, device, progress, log, load_kwargs)
+        raise ValueError("force=True needs workers=1 and no executor: retrain one by one")
+    root = Path(os.path.abspath(root))  # as the workers will see it (symlinks left to them)
+    task = functools.partial(_train_one, device=device, options=options)
+    if executor is not None:
+        return _train_on(executor, configs, unique, root, task, threads_per_run, progress, log)
+    threads = threads_per_run or _threads_per_worker(workers)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        return _train_on(pool, configs, unique, root, task, threads, progress, log, workers)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
-def _train_parallel(configs, unique, root, workers, device, progress, log, load_kwargs):
-    import multiprocessing
+def _train_here(configs, unique, root, threads, device, progress, force, log, options) -> list[Run]:
+    """``workers=1``: every run in this process, one after the other."""
+    import torch
+
+    before = torch.get_num_threads()
+    _use_threads(threads)
+    try:
+        done = {
+            run_name(c): load_or_train(
+                c, root, device=device, progress=progress, force=force, log=log, **options
+            )
+            for c in unique
+        }
+    finally:
+        torch.set_num_threads(before)
+    return [done[run_name(c)] for c in configs]
+
+
+def _describe(executor: Executor, threads: int | None, workers: int | None) -> str:
+    from mls_tutorial.cluster import dask_client
+
+    each = "threads from each worker's cores" if threads is None else f"{threads} thread(s) each"
+    if workers is not None:
+        return f"{workers} local processes, {each}"
+    client = dask_client(executor)
+    if client is None:
+        return f"{type(executor).__name__}, {each}"
+    info = client.scheduler_info(n_workers=-1)["workers"].values()
+    slots = sum(int(w["nthreads"]) for w in info)
+    return (
+        f"the Dask cluster at {client.scheduler.address} ({len(info)} workers, {slots} runs at "
+        f"once), {each}"
+    )
+
+
+def _train_on(executor, configs, unique, root, task, threads, progress, log, workers=None):
+    """One task per unique config on ``executor``; runs reloaded here, in ``configs`` order."""
+    from mls_tutorial.cluster import check_root_on_workers, root_marker
 
     say = log or (lambda _msg: None)
-    threads = _threads_per_worker(workers)
-    say(f"[sweep] {len(unique)} runs on {workers} workers x {threads} thread(s) -> {root}")
+    root.mkdir(parents=True, exist_ok=True)
+    with root_marker(root) as token:
+        check_root_on_workers(executor, str(root), token)
+        say(f"[sweep] {len(unique)} runs on {_describe(executor, threads, workers)} -> {root}")
+        futures = {
+            executor.submit(task, c, str(root), token, threads): (run_name(c), c) for c in unique
+        }
+        try:
+            results, failed = _collect(futures, progress, say)
+        finally:
+            for fut in futures:  # after an error: nothing left queued on the cluster
+                fut.cancel()
+    if failed:
+        raise SweepError(f"{len(failed)} of {len(unique)} runs failed:\n" + "\n".join(failed))
+    runs = {}
+    for name, result in results.items():
+        runs[name] = load_run(result["path"])
+        runs[name].cached = result["cached"]
+    return [runs[run_name(c)] for c in configs]
+
+
+def _collect(futures, progress, say) -> tuple[dict[str, dict], list[str]]:
+    """Results as tasks finish (their log lines passed to ``say``); failures listed, not raised,
+    except a worker that cannot see the root (``SharedRootError``: the sweep stops)."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(unique), desc="sweep", unit="run", dynamic_ncols=True)
-    paths, failed = {}, []
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(threads,),
-    ) as pool:
-        futures = {
-            pool.submit(_train_one, c, str(root), device, **load_kwargs): run_name(c)
-            for c in unique
-        }
+        bar = tqdm(total=len(futures), desc="sweep", unit="run", dynamic_ncols=True)
+    results, failed = {}, []
+    try:
         for fut in as_completed(futures):
-            name = futures[fut]
+            name, cfg = futures[fut]
             try:
-                paths[name] = fut.result()
-            except Exception as exc:  # noqa: BLE001 - reported below, after the other runs
-                failed.append(f"{name}: {type(exc).__name__}: {exc}")
-                say(f"[failed] {name}: {exc}")
+                result = fut.result()
+            except SharedRootError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported after the other runs
+                what = f"{name} (loss {cfg['loss']}, {cfg['loss_kwargs']}, seed {cfg['seed']})"
+                failed.append(f"{what}: {type(exc).__name__}: {exc}")
+                say(f"[failed] {what}: {type(exc).__name__}: {exc}")
+            else:
+                results[name] = result
+                for line in result["log"]:
+                    say(line)
+                if not result["cached"]:
+                    say(f"[done] {name}: {result['worker']}, {result['threads']} thread(s)")
             if bar is not None:
                 bar.update(1)
-    if bar is not None:
-        bar.close()
-    if failed:
-        raise SweepError(f"{len(failed)} of {len(unique)} runs failed:\n" + "\n".join(failed))
-    runs = {name: load_run(path) for name, path in paths.items()}
-    return [runs[run_name(c)] for c in configs]
+    finally:
+        if bar is not None:
+            bar.close()
+    return results, failed
 
 
 def train_ladder(

@@ -88,6 +88,11 @@ def test_version_help_and_no_command(capsys):
         (["train", "--loss", "hinge"], "invalid choice"),
         (["train", "--data-param", "labels"], "KEY=VALUE"),
         (["sweep", "--seeds", "x"], "integer"),
+        (["sweep", "--threads-per-run", "0"], "positive integer"),
+        (
+            ["sweep", "--scheduler", "tcp://127.0.0.1:1", "--scheduler-file", "s.json"],
+            "not allowed",
+        ),
     ],
 )
 def test_bad_option_values_are_argparse_errors(argv, message, capsys):
@@ -109,6 +114,8 @@ def test_bad_option_values_are_argparse_errors(argv, message, capsys):
         (["sweep", "--grid", "ls:gamma=1", *SMALL], "ls has no parameter 'gamma'"),
         (["sweep", "--grid", "ce", "--losses", "ls", *SMALL], "either --grid or --losses"),
         (["sweep", "--grid", "ls", "--alpha", "0.2", *SMALL], "set knobs in the grid"),
+        (["sweep", *SMALL, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "local pool"),
+        (["sweep", *SMALL, "--scheduler-file", "/nonexistent/s.json"], "scheduler file not found"),
     ],
 )
 def test_bad_values_found_later_exit_1_with_a_clear_message(argv, message, capsys):

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from mls_tutorial.cluster import MARKER_DIR, SharedRootError, check_shared_root, root_marker
 from mls_tutorial.runs import CONFIG_FILE, METRICS_FILE, load_or_train, run_name
 from mls_tutorial.sweep import expand_grid, family, parse_grid, train_configs, train_ladder
 
@@ -210,3 +212,66 @@ def test_a_ladder_rung_is_the_run_trained_alone(tmp_path):
 def test_ladder_arguments_are_checked(tmp_path, lengths, extra, match):
     with pytest.raises(ValueError, match=match):
         train_ladder({**BASE, "val_every": 2, **extra}, lengths, tmp_path, log=None)
+
+
+# ----------------------------------------------------------------------- any executor
+
+
+def test_importing_the_package_never_imports_dask():
+    code = (
+        "import pkgutil, sys, mls_tutorial\n"
+        "for m in pkgutil.walk_packages(mls_tutorial.__path__, 'mls_tutorial.'):\n"
+        "    if m.name != 'mls_tutorial.__main__':\n"
+        "        __import__(m.name)\n"
+        "from mls_tutorial.cli import build_parser\n"
+        "build_parser().parse_args(['sweep', '--scheduler', 'tcp://127.0.0.1:1'])\n"
+        "print(sorted({n.split('.')[0] for n in sys.modules} & {'dask', 'distributed', 'dask_jobqueue'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_threads_of_one_process_train_as_one_process_would(tmp_path):
+    """Runs trained at once by threads of one process (a Dask worker with nthreads > 1) share
+    the global RNGs: seeding and weight initialisation must not interleave."""
+    configs = [
+        cfg(loss="ls", loss_kwargs={"alpha": a}, seed=s) for a in (0.1, 0.2) for s in (1, 2, 3)
+    ]
+    alone = train_configs(
+        configs, tmp_path / "a", threads_per_run=1, progress=False, log=None, figures=False
+    )
+    with ThreadPoolExecutor(3) as threads:
+        together = train_configs(
+            configs, tmp_path / "b", executor=threads, threads_per_run=1, log=None, figures=False
+        )
+    for a, b in zip(alone, together, strict=True):
+        assert a.name == b.name and a.history["loss"] == b.history["loss"], a.name
+        assert a.metrics["ece"] == b.metrics["ece"]
+
+
+def test_the_shared_root_check_names_the_folder_and_the_worker(tmp_path):
+    with pytest.raises(SharedRootError, match=f"does not see the run root {tmp_path}") as err:
+        check_shared_root(str(tmp_path), "0123abcd", where="worker W")
+    assert str(err.value).startswith("worker W ") and "shared file system" in str(err.value)
+    with root_marker(tmp_path) as token:
+        assert check_shared_root(str(tmp_path), token, where="worker W") == "worker W"
+        stale = tmp_path / MARKER_DIR / "ffff0000"
+        stale.mkdir()
+        (stale / "client").write_text("another token")  # the same path, another sweep's folder
+        with pytest.raises(SharedRootError, match="another sweep's"):
+            check_shared_root(str(tmp_path), "ffff0000", where="worker V")
+        stale.joinpath("client").unlink()
+        stale.rmdir()
+    assert not (tmp_path / MARKER_DIR).exists()
+
+
+def test_train_configs_checks_its_arguments_before_any_run(tmp_path):
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['figure'\]"):
+        train_configs([cfg()], tmp_path, workers=2, figure=False)
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="not both"):
+        train_configs([cfg()], tmp_path, executor=pool, workers=2)
+    with pytest.raises(ValueError, match="threads_per_run"):
+        train_configs([cfg()], tmp_path, threads_per_run=0)
+    assert list(tmp_path.iterdir()) == []

@@ -144,10 +144,11 @@ def _cached(path: Path, cfg: dict[str, Any], say) -> Run:
 
 def _seeded_model(cfg: dict[str, Any], data):
     from mls_tutorial.models import build_unet
-    from mls_tutorial.train.sampling import seed_everything
+    from mls_tutorial.train.sampling import RNG_LOCK, seed_everything
 
-    seed_everything(cfg["seed"])
-    return build_unet(data.in_channels, data.num_classes, cfg["preset"])
+    with RNG_LOCK:  # seed and initialise in one step: threads of a process share the RNGs
+        seed_everything(cfg["seed"])
+        return build_unet(data.in_channels, data.num_classes, cfg["preset"])
 
 
 def _train_and_evaluate(cfg, path, device, progress, data, figures, say) -> Run:

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+#: held from seeding the global RNGs to the last draw that must follow the seed (weight
+#: initialisation): runs trained by threads of one process (a Dask worker with nthreads > 1)
+#: share those RNGs, and would otherwise draw from each other's seeds
+RNG_LOCK = threading.RLock()
+
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs (waits for ``RNG_LOCK``)."""
+    with RNG_LOCK:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
 
 
 class StreamBatchSampler(torch.utils.data.Sampler[list[int]]):
