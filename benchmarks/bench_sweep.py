@@ -10,13 +10,15 @@ trained into fresh temporary roots:
    (its start-up is printed apart), the workers import torch on their first run, as the pool's
    processes do.
 
-Training is shortened (``--iterations``, default 200, validation every 100 as in the course's
-evidence) so the comparison takes a few minutes; per-run start-up (imports, data, evaluation,
-figures) is part of what is measured, as in a real sweep. Printed: the table with the ratios,
-the load average, and a projection of the course's five-seed evidence (``docs/evidence/runs.csv``)
-on 8 and 32 one-thread workers from the per-run time measured here (assumptions printed too).
+Training is shortened (``--iterations``, default 100; validation every 100 iterations as in the
+course's evidence) so the comparison takes minutes; per-run start-up (imports, data, evaluation,
+figures) is part of what is measured, as in a real sweep. Each variant runs ``--rounds`` times
+(default 2) in alternating order, since the load of a shared machine drifts; printed: every
+round, the medians and their ratios, the load average, the peak memory of a worker, and a
+projection of the course's five-seed evidence (``docs/evidence/runs.csv``) on 8 and 32
+one-thread workers from the per-run time measured here (the assumptions are printed too).
 
-    python benchmarks/bench_sweep.py                  # 12 runs x 200 iterations
+    python benchmarks/bench_sweep.py                  # 12 runs x 100 iterations, 2 rounds
     python benchmarks/bench_sweep.py --iterations 40  # quicker
     python benchmarks/bench_sweep.py --no-dask        # 1 worker vs --workers N only
 """
@@ -42,7 +44,7 @@ def configs(iterations: int) -> list[dict]:
     grid = [("ce", {})]
     grid += [("ls", {"alpha": a}) for a in (0.03, 0.1, 0.3)]
     grid += [("mbls", {"margin": m}) for m in (3.0, 10.0)]
-    base = {"iterations": iterations, "val_every": max(1, iterations // 2)}
+    base = {"iterations": iterations, "val_every": min(100, iterations)}  # as in the evidence
     return [
         {**base, "loss": loss, "loss_kwargs": kw, "seed": seed}
         for seed in (1, 2)
@@ -84,23 +86,23 @@ def _peak_rss_gib() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=200)
+    ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="each variant this many times")
     ap.add_argument("--no-dask", action="store_true", help="skip the Dask cluster")
     args = ap.parse_args()
     import torch
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cfgs = configs(args.iterations)
+    names = {
+        "one": f"1 worker (in-process, {cores} threads)",
+        "pool": f"`--workers {args.workers}` ({_threads_per_worker(args.workers)} thread each)",
+        "dask": f"Dask LocalCluster {args.workers} x 1 thread",
+    }
+    how = {"one": {"workers": 1}, "pool": {"workers": args.workers}}
+    client = cluster = None
     load_before = os.getloadavg()
-    torch.set_num_threads(cores)
-    one, _ = timed(cfgs, workers=1)
-    pool, _ = timed(cfgs, workers=args.workers)
-    rows = [
-        (f"1 worker (in-process, {cores} threads)", one),
-        (f"`--workers {args.workers}` ({_threads_per_worker(args.workers)} thread each)", pool),
-    ]
-    dask_runs = None
     if not args.no_dask:
         from distributed import Client, LocalCluster
 
@@ -115,22 +117,41 @@ def main() -> None:
         client = Client(cluster)
         client.wait_for_workers(args.workers)
         start = time.perf_counter() - t0
-        with cluster, client:
-            on_dask, dask_runs = timed(cfgs, executor=client.get_executor())
-            peak = max(client.run(_peak_rss_gib).values())
-        rows.append((f"Dask LocalCluster {args.workers} x 1 thread", on_dask))
+        how["dask"] = {"executor": client.get_executor()}
+    times: dict[str, list[float]] = {k: [] for k in how}
+    loops: dict[str, list[float]] = {k: [] for k in how}
+    torch.set_num_threads(cores)
+    for r in range(args.rounds):  # alternate the order: the load of a shared machine drifts
+        for key in list(how) if r % 2 == 0 else list(how)[::-1]:
+            seconds, runs = timed(cfgs, **how[key])
+            times[key].append(seconds)
+            loops[key] += [run.history["seconds"] for run in runs]
+            print(f"round {r + 1}: {key} {seconds:.1f} s", flush=True)
+    if client is not None:
+        peak = max(client.run(_peak_rss_gib).values())
+        client.close()
+        cluster.close()
     load_after = os.getloadavg()
 
+    med = {k: statistics.median(v) for k, v in times.items()}
     print(
         f"{len(cfgs)} runs x {args.iterations} iterations (validation every "
-        f"{max(1, args.iterations // 2)}), {cores} cores, torch {torch.__version__}; load "
-        f"average before {load_before[0]:.2f}, after {load_after[0]:.2f}"
+        f"{cfgs[0]['val_every']}), {cores} cores, torch {torch.__version__}, {args.rounds} "
+        f"rounds; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}"
     )
-    print("| sweep | wall clock (s) | x 1 worker | x `--workers` |")
-    print("|---|---:|---:|---:|")
-    for name, seconds in rows:
-        print(f"| {name} | {seconds:.1f} | {seconds / one:.2f} | {seconds / pool:.2f} |")
-    if dask_runs is None:
+    print("| sweep | wall clock (s), each round | median | x 1 worker | x `--workers` |")
+    print("|---|---|---:|---:|---:|")
+    for key, seconds in med.items():
+        each = ", ".join(f"{t:.1f}" for t in times[key])
+        print(
+            f"| {names[key]} | {each} | {seconds:.1f} | {seconds / med['one']:.2f} | "
+            f"{seconds / med['pool']:.2f} |"
+        )
+    print(
+        "training loop per run, median (s): "
+        + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in loops.items())
+    )
+    if client is None:
         return
     print(f"Dask cluster start-up (not in the wall clock above): {start:.1f} s")
     print(f"peak memory of a Dask worker process (max RSS): {peak:.2f} GiB")
@@ -138,8 +159,8 @@ def main() -> None:
     # per run on one one-thread worker: the Dask sweep's worker-seconds per run, split into the
     # training loop (history["seconds"], validation included) and the rest (start-up share,
     # data, evaluation, figures), then the loop scaled to the evidence's iterations
-    per_run = on_dask * args.workers / len(cfgs)
-    loop = statistics.median(r.history["seconds"] for r in dask_runs)
+    per_run = med["dask"] * args.workers / len(cfgs)
+    loop = statistics.median(loops["dask"])
     rest = per_run - loop
     at_evidence = rest + loop * EVIDENCE_ITERATIONS / args.iterations
     print(
