@@ -112,7 +112,7 @@ def main() -> None:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",
         )
         client = Client(cluster)
         client.wait_for_workers(args.workers)

@@ -43,7 +43,7 @@ def cluster():
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",
     ) as cluster:
         yield cluster
 
@@ -175,8 +175,9 @@ def _lock_holder(lock: Path) -> int | None:
 
 @pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="needs Linux /proc/locks")
 def test_a_killed_worker_loses_nothing_and_trains_nothing_twice(client, tmp_path):
+    iterations = 400  # about 3 s a run; a checkpoint every 30 iterations
     configs = [
-        cfg("ls", iterations=600, val_every=30, loss_kwargs={"alpha": x})
+        cfg("ls", iterations=iterations, val_every=30, loss_kwargs={"alpha": x})
         for x in (0.1, 0.2, 0.3, 0.4)
     ]
     names = [run_name(c) for c in configs]
@@ -211,7 +212,7 @@ def test_a_killed_worker_loses_nothing_and_trains_nothing_twice(client, tmp_path
     resumed = [line for line in log if line.startswith("[train]") and victim in line]
     assert resumed and resumed[-1].endswith("(resuming from checkpoint)"), log
     for run in runs:  # every iteration trained exactly once, the victim's included
-        assert run.history["iteration"] == list(range(1, 601)), run.name
+        assert run.history["iteration"] == list(range(1, iterations + 1)), run.name
 
 
 def _start(args: list[str], cwd: Path, out: Path) -> subprocess.Popen:
@@ -235,7 +236,7 @@ def test_cli_on_a_cluster_started_by_hand_checks_the_shared_root(tmp_path, monke
     shared.mkdir()
     elsewhere.mkdir()
     file = tmp_path / "scheduler.json"
-    host = ["--host", "127.0.0.1", "--no-dashboard"]
+    host = ["--host", "127.0.0.1", "--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
     procs = [
         _start(
             ["scheduler", *host, "--port", "0", "--scheduler-file", str(file)],
@@ -300,7 +301,7 @@ def test_slurm_job_script_names_the_resources():
         memory="16GB",
         walltime="04:00:00",
         job_extra_directives=["--output=dask-worker-%j.out"],
-        scheduler_options={"host": "127.0.0.1", "dashboard_address": None},
+        scheduler_options={"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
     ) as slurm:
         script = slurm.job_script()
         assert slurm.scheduler_address.startswith(LOOPBACK)
