@@ -1,6 +1,6 @@
 """The built course website in headless Chromium: figures load, math is typeset, no network.
 
-Serves ``docs/_build/html`` (from ``python docs/build.py --fast`` or the full build) on
+Serves ``docs/_build/html`` (from ``python docs/build.py``, or its ``--fast`` variant) on
 127.0.0.1 and opens the notebook-02 page and the API reference: every image has loaded
 (``naturalWidth > 0``), every math element was typeset by the MathJax copied into the build,
 the margin explorer's place holds its figure and how to run it live, ``MarginLoss`` is
@@ -48,7 +48,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def site():
     """An HTTP server on the build folder; yields its base URL."""
     if not (HTML / PAGE_02).is_file():
-        pytest.skip(f"{HTML / PAGE_02} not built: run `python docs/build.py --fast` first")
+        pytest.skip(f"{HTML / PAGE_02} not built: run `python docs/build.py` first")
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: apt-get install chromium")
     pytest.importorskip("playwright.sync_api", reason="pip install playwright")
