@@ -191,7 +191,7 @@ def _compare(entry: dict, run: Run, man: dict, seconds: float) -> dict[str, Any]
     }
     weights = (
         entry["files"].get(WEIGHTS_FILE)
-        or next(e for e in man["runs"] if e["name"] == entry["weights_of"])["files"][WEIGHTS_FILE]
+        or shipped._entry(man, entry["weights_of"])["files"][WEIGHTS_FILE]
     )
     return {
         "name": entry["name"],
