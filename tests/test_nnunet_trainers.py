@@ -174,12 +174,13 @@ def test_loss_equals_float64_reference(name, tmp_path, monkeypatch):
         assert _margin(z0, t0, 10, 0.1) > 0.1
 
 
-def test_margin_penalty_is_the_project_margin_loss_minus_ce():
+@pytest.mark.parametrize("spatial", [(9, 7), (3, 9, 7)])  # 2D and 3D configurations
+def test_margin_penalty_is_the_project_margin_loss_minus_ce(spatial):
     """A peer: the course's MarginLoss (CE + the same penalty) minus torch's CE."""
     from mls_tutorial.losses import MarginLoss
 
-    z = torch.randn(3, 4, 9, 7, dtype=torch.float64) * 10
-    y = torch.randint(0, 4, (3, 9, 7))
+    z = torch.randn(3, 4, *spatial, dtype=torch.float64) * 10
+    y = torch.randint(0, 4, (3, *spatial))
     peer = MarginLoss(margin=3.0, alpha=0.2)(z, y) - torch.nn.functional.cross_entropy(z, y)
     assert float(MarginPenalty(3.0, 0.2)(z)) == pytest.approx(float(peer), rel=1e-10)
 
