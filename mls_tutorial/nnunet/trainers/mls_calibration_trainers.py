@@ -128,7 +128,8 @@ class CalibrationTrainerMixin:
             "ecp": "- alpha * mean entropy of softmax",
         }[self.penalty_kind]
         knobs = ", ".join(f"{k}={v:g}" for k, v in {**self.knobs, **self.schedule}.items())
-        return f"{what}; {knobs or 'defaults'}; penalty weighted per deep-supervision output as CE"
+        where = "; on every deep-supervision output, weighted as CE" if self.penalty_kind else ""
+        return f"{what}; {knobs or 'defaults'}{where}"
 
     def _build_loss(self):
         loss = super()._build_loss()
