@@ -315,3 +315,16 @@ def test_nnunet_finds_the_trainers_through_the_env_var(monkeypatch, tmp_path):
     monkeypatch.delenv("nnUNet_extTrainer")
     with pytest.raises(RuntimeError, match="nnUNet_extTrainer"):
         recursive_find_trainer_class_by_name("nnUNetTrainerCEMbLS")
+
+
+def test_seed_token_pairs_a_penalty_with_its_baseline(tmp_path, monkeypatch):
+    """Same seed: the random streams nnU-Net builds the network and draws batches from are the
+    same after ``__init__`` for the penalty and its baseline; another seed differs."""
+
+    def draws(name):
+        _trainer(name, tmp_path, monkeypatch)
+        return torch.rand(4).tolist(), np.random.rand(4).tolist()
+
+    a = draws("nnUNetTrainerMbLS_seed3")
+    assert a == draws("nnUNetTrainer_seed3") == draws("nnUNetTrainerCEECP_seed3")
+    assert a != draws("nnUNetTrainerMbLS_seed4")
