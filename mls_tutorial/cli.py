@@ -467,6 +467,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip predictions without a label map (default: an error listing them)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "nnunet",
+        help="MbLS in nnU-Net v2: the trainer folder, the MNI task as an nnU-Net dataset",
+        description="nnU-Net v2 trainers with MbLS, LS and ECP (docs/nnunet.md): `path` prints "
+        "the folder for nnUNet_extTrainer, `export-mni OUT` writes the bundled task.",
+    )
+    from mls_tutorial.nnunet.command import add_arguments as _nnunet_arguments
+
+    _nnunet_arguments(p)
     return parser
 
 
@@ -807,6 +817,12 @@ def cmd_shipped(args) -> int:
     return 0
 
 
+def cmd_nnunet(args) -> int:
+    from mls_tutorial.nnunet.command import run
+
+    return run(args)
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
@@ -815,6 +831,7 @@ COMMANDS = {
     "report": cmd_report,
     "shipped": cmd_shipped,
     "score": cmd_score,
+    "nnunet": cmd_nnunet,
 }
 
 
