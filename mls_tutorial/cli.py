@@ -28,24 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from mls_tutorial import __version__
+from mls_tutorial.registry import LOSS_NAMES, knobs_with
 
-#: ``mls_tutorial.losses.LOSS_NAMES`` (written out: the CLI imports no torch before parsing;
-#: tests/test_cli.py checks that the two agree)
-LOSSES = (
-    "ce",
-    "ce_dice",
-    "focal",
-    "ls",
-    "ecp",
-    "svls",
-    "mbls",
-    "nacl",
-    "cals",
-    "acls",
-    "mdca",
-    "hl1ace",
-    "sl1ace",
-)
+#: every loss (``mls_tutorial.registry``: importing it loads no torch)
+LOSSES = LOSS_NAMES
+#: the demo's and sweep's MbLS margin (not train's 10: see the --margin help)
+DEMO_MARGIN = 5.0
 PRESETS = ("tiny", "small", "paper")
 SELECT_METRICS = (
     "last",
@@ -64,7 +52,7 @@ FAST_DATA = {"n_train_subjects": 1, "n_val_subjects": 1, "n_test_subjects": 1}
 
 
 class CLIError(ValueError):
-    """A bad option value found after parsing (reported as ``mls-tutorial: error: ...``)."""
+    """A bad option value found after parsing: ``mls-tutorial CMD: error: ...``, exit code 2."""
 
 
 # ------------------------------------------------------------------------------ arg types
@@ -224,7 +212,8 @@ def _add_loss_options(p: argparse.ArgumentParser) -> None:
         "--alpha",
         type=_nonneg_float,
         default=None,
-        help="weight of the penalty for mbls/ls/nacl (each loss's default when omitted)",
+        help=f"weight of the penalty, a knob of {'/'.join(knobs_with('alpha'))} (each loss's "
+        "default when omitted; an error for a loss without it)",
     )
     g.add_argument(
         "--loss-param",
@@ -232,7 +221,8 @@ def _add_loss_options(p: argparse.ArgumentParser) -> None:
         type=_key_value,
         default=[],
         metavar="KEY=VALUE",
-        help="any other loss parameter (repeatable), e.g. gamma=2 (focal), beta=0.2 (ecp)",
+        help="any other loss parameter (repeatable), e.g. gamma=2 (focal), beta=0.2 (ecp); "
+        "it applies to the losses that have it (an error when none has)",
     )
     g.add_argument(
         "--temperature-scaling",
@@ -277,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--margin",
         type=_nonneg_float,
-        default=5.0,
-        help="MbLS margin m (default: 5, not train's 10: on the bundled data CE's logit "
-        "distances peak near 10, where a margin of 10 barely binds; see docs/results.md)",
+        default=None,
+        help=f"MbLS margin m (default: {DEMO_MARGIN:g}, not train's 10: on the bundled data CE's "
+        "logit distances peak near 10, where a margin of 10 barely binds; see docs/results.md)",
     )
     p.add_argument("--seed", type=_nonneg_int, default=1, help="random seed (default: 1)")
     p.add_argument(
@@ -297,8 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--margin",
         type=_nonneg_float,
         default=None,
-        help="MbLS margin m (mbls only; default 10, the paper's and the official code's; "
-        "demo uses 5, which binds on the bundled data)",
+        help=f"the margin m of {'/'.join(knobs_with('margin'))} (an error for another loss; "
+        "default: the loss's, 10 for MbLS as in the paper and the official code; demo uses 5, "
+        "which binds on the bundled data)",
     )
     p.add_argument("--seed", type=_nonneg_int, default=1, help="random seed")
     _add_loss_options(p)
@@ -337,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=_nonneg_float,
         default=None,
-        help="MbLS margins, one mbls run per margin (default: 5)",
+        help=f"MbLS margins, one mbls run per margin (default: {DEMO_MARGIN:g})",
     )
     p.add_argument(
         "--grid",
@@ -473,50 +464,46 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------ configs
 
 
-def _loss_kwargs(args, loss: str, margin: float | None) -> dict[str, Any]:
-    kwargs = dict(args.loss_param)
-    if margin is not None:
-        if loss != "mbls":
-            raise CLIError(f"--margin applies to --loss mbls only, not {loss!r}")
-        kwargs["margin"] = float(margin)
-    if args.alpha is not None and loss in ("mbls", "ls", "nacl"):
-        kwargs["alpha"] = float(args.alpha)
-    return kwargs
-
-
-def _config(args, loss: str, seed: int, margin: float | None = None, ts: bool = False) -> dict:
+def _base(args) -> dict[str, Any]:
+    """The config keys every run of this command shares (the training options)."""
     data_params = dict(args.data_param)
     if getattr(args, "fast", False):
         data_params = {**FAST_DATA, **data_params}
     return {
         "data": args.data,
         "data_params": data_params,
-        "loss": loss,
-        "loss_kwargs": _loss_kwargs(args, loss, margin),
         "preset": args.preset,
         "iterations": args.iterations,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "lr_step": args.lr_step,
-        "seed": seed,
         "val_every": args.val_every,
         "select_metric": args.select_metric,
         "amp": not args.no_amp,
-        "temperature_scaling": ts,
     }
 
 
-def _grid(args, losses, margins, seeds) -> list[dict]:
-    configs = []
-    for seed in seeds:
-        for loss in losses:
-            if loss == "mbls":
-                configs += [_config(args, loss, seed, m) for m in margins]
-            else:
-                configs.append(_config(args, loss, seed))
-        if args.temperature_scaling:
-            configs.append(_config(args, "ce", seed, ts=True))
-    return configs
+def _knob_flags(args, *names: str) -> dict[str, tuple[str, list]]:
+    """The knob flags given: ``{"alpha": ("--alpha", [0.3])}``."""
+    given = {name: getattr(args, name) for name in names}
+    return {name: (f"--{name}", [v]) for name, v in given.items() if v is not None}
+
+
+def _grid_configs(args, losses, seeds, margins_flag: str, margins) -> list[dict]:
+    """demo and sweep without --grid: each loss with the flags that apply to it, x seeds."""
+    from mls_tutorial.grid import flag_grids, grid_configs, loss_parameters
+
+    margins_given = margins is not None
+    grids = flag_grids(
+        losses,
+        _knob_flags(args, "alpha"),
+        args.loss_param,
+        mbls_margins=(margins_flag, margins if margins_given else [DEMO_MARGIN], margins_given),
+        losses_flag="--losses",
+    )
+    ce_kwargs = {k: v for k, v in args.loss_param if k in loss_parameters("ce")}
+    ts = ce_kwargs if args.temperature_scaling else None
+    return grid_configs(grids, seeds, _base(args), ce_ts_kwargs=ts)
 
 
 def _device(args):
@@ -581,12 +568,29 @@ def _echo(text: str) -> None:
         print(text, flush=True)
 
 
+def _train_config(args) -> dict:
+    """train's one config: --margin/--alpha/--loss-param must apply to --loss."""
+    from mls_tutorial.grid import flag_grids
+
+    _device(args)
+    ((loss, knobs),) = flag_grids(
+        [args.loss], _knob_flags(args, "margin", "alpha"), args.loss_param
+    )
+    kwargs = {key: values[0] for key, values in knobs.items()}
+    return {
+        **_base(args),
+        "loss": loss,
+        "loss_kwargs": kwargs,
+        "seed": args.seed,
+        "temperature_scaling": args.temperature_scaling,
+    }
+
+
 def cmd_train(args) -> int:
     from mls_tutorial.results import format_markdown, results_table
 
     _resolve(args, DEMO_DEFAULTS)
-    cfg = _config(args, args.loss, args.seed, args.margin, ts=args.temperature_scaling)
-    runs = _train_all(args, [cfg])
+    runs = _train_all(args, [_train_config(args)])
     if not _leave_process_group(runs):
         return 0
     print(f"run folder: {runs[0].path}")
@@ -596,25 +600,22 @@ def cmd_train(args) -> int:
 
 def _sweep_configs(args) -> list[dict]:
     """The configs of ``sweep``: from ``--grid`` (one per family) or ``--losses/--margins``."""
-    from mls_tutorial.sweep import expand_grid, parse_grid
+    from mls_tutorial.grid import GridError, grid_configs, parse_grid
 
+    _device(args)
     if not args.grid:
-        return _grid(args, args.losses or ["ce", "mbls"], args.margins or [5.0], args.seeds)
+        losses = args.losses or ["ce", "mbls"]
+        return _grid_configs(args, losses, args.seeds, "--margins", args.margins)
     if args.losses or args.margins:
         raise CLIError("give either --grid or --losses/--margins, not both")
     if args.alpha is not None or args.loss_param:
         raise CLIError("with --grid, set knobs in the grid (e.g. mbls:margin=5:alpha=0.1)")
-    grids = [parse_grid(text) for text in args.grid]
-    configs = []
-    for seed in args.seeds:
-        for loss, knobs in grids:
-            for kwargs in expand_grid(loss, knobs):
-                cfg = _config(args, loss, seed)
-                cfg["loss_kwargs"] = kwargs
-                configs.append(cfg)
-        if args.temperature_scaling:
-            configs.append(_config(args, "ce", seed, ts=True))
-    return configs
+    try:
+        grids = [parse_grid(text) for text in args.grid]
+    except GridError as exc:
+        raise CLIError(f"--grid {exc.text!r}: {exc.problem}") from None
+    ts = {} if args.temperature_scaling else None
+    return grid_configs(grids, args.seeds, _base(args), ce_ts_kwargs=ts)
 
 
 def _sweep_executor(args):
@@ -671,7 +672,9 @@ def cmd_demo(args) -> int:
     from mls_tutorial.results import format_markdown, results_table, write_results
 
     _resolve(args, FAST_DEFAULTS if args.fast else DEMO_DEFAULTS)
-    runs = _train_all(args, _grid(args, args.losses, [args.margin], [args.seed]))
+    _device(args)
+    configs = _grid_configs(args, args.losses, [args.seed], "--margin", args.margin)
+    runs = _train_all(args, configs)
     if not _leave_process_group(runs):
         return 0
     rows = results_table(runs)
@@ -832,11 +835,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # MONAI 1.6 deprecation notices from inside its HD95 code are noise for a CLI user
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
+    from mls_tutorial.grid import FlagError
+
     try:
         dist_utils.init_from_env(getattr(args, "device", None))
         return COMMANDS[args.command](args)
+    except (CLIError, FlagError) as exc:  # a flag that does not apply, or its value
+        print(f"mls-tutorial {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (
-        CLIError,
         ValueError,
         FileNotFoundError,
         FloatingPointError,
