@@ -407,7 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--verify", type=_positive_int, metavar="N", help="retrain N shipped runs")
     g.add_argument("--rebuild", action="store_true", help="retrain and replace every shipped run")
-    p.add_argument("--name", nargs="+", default=None, help="the shipped runs to verify")
+    p.add_argument(
+        "--name",
+        nargs="+",
+        default=None,
+        help="with --verify: these shipped runs instead of N random ones",
+    )
     p.add_argument(
         "--tolerance",
         type=_nonneg_float,
@@ -789,7 +794,10 @@ def cmd_shipped(args) -> int:
     from mls_tutorial.runs import shipped, shipping
 
     if args.name and not args.verify:
-        args.verify = len(args.name)
+        raise CLIError(
+            "--name chooses the runs --verify retrains: add --verify (e.g. --verify 1 --name "
+            f"{args.name[0]}); `mls-tutorial shipped` lists the names"
+        )
     if args.rebuild:
         shipping.rebuild(workers=args.workers, device=_device(args), progress=not args.no_progress)
     elif args.verify:

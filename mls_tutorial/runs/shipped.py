@@ -21,11 +21,12 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mls_tutorial.runs.config import normalize_config, run_key
+from mls_tutorial.runs.config import normalize_config, run_key, run_name
 from mls_tutorial.runs.folder import (
     CONFIG_FILE,
     EXAMPLE_FILE,
@@ -44,6 +45,11 @@ MANIFEST = "manifest.json"
 FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, EXAMPLE_FILE, WEIGHTS_FILE)
 SIZE_BUDGET = 15_000_000  # bytes, every shipped file together
 REBUILD = "mls-tutorial shipped --rebuild"
+#: what a user can do about a broken store: train here instead (seconds to minutes a run), or
+#: rebuild the whole set (every run the course reads: tens of minutes)
+REMEDY = (
+    f"train it here instead with --no-shipped (use_shipped=False), or rebuild the set: {REBUILD}"
+)
 #: the numbers a verification compares (test set, then the validation numbers)
 COMPARED = ("dice", "hd95", "ece", "cece", "ece_all", "gap", "nll", "brier", "tce")
 
@@ -69,14 +75,25 @@ def _read_manifest(path: str, _mtime: int) -> dict[str, Any]:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ShippedRunError(f"{path} is unreadable ({exc}); rebuild it: {REBUILD}") from exc
+        raise ShippedRunError(f"{path} is unreadable ({exc}); {REMEDY}") from exc
 
 
 def find(config: dict[str, Any], root: Path | None = None) -> dict[str, Any] | None:
-    """The manifest entry whose normalised config equals ``config``'s, else None."""
+    """The manifest entry whose normalised config equals ``config``'s, else None.
+
+    An unreadable manifest stops only the configs the store holds a folder for (their files
+    cannot be checked): ``ShippedRunError``; for any other config it warns and returns None.
+    """
     cfg = normalize_config(config)
     key = run_key(cfg)
-    for entry in manifest(root)["runs"]:
+    try:
+        man = manifest(root)
+    except ShippedRunError as exc:
+        if any((root or store()).glob(f"set-*/{run_name(cfg)}")):
+            raise
+        warnings.warn(f"{exc} (not a shipped run: {run_name(cfg)} is trained)", stacklevel=2)
+        return None
+    for entry in man["runs"]:
         if entry["key"] == key and entry["config"] == cfg:
             return entry
     return None
@@ -100,11 +117,11 @@ def _source_files(entry: dict[str, Any], root: Path) -> dict[str, Path]:
     for name, path in sources.items():
         want = entry["files"].get(name) or _entry(man, entry["weights_of"])["files"][name]
         if not path.is_file():
-            raise ShippedRunError(f"shipped file missing: {path}; rebuild the set: {REBUILD}")
+            raise ShippedRunError(f"shipped file missing: {path}; {REMEDY}")
         if _sha256(path) != want["sha256"]:
             raise ShippedRunError(
                 f"shipped file {path} does not match its sha256 in {root / MANIFEST}: "
-                f"corrupt or edited; rebuild the set: {REBUILD}"
+                f"corrupt or edited; {REMEDY}"
             )
     return sources
 

@@ -9,19 +9,42 @@ and compares Dice, ECE and every other headline number with what was shipped.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import platform
 import random
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from mls_tutorial.runs import shipped
 from mls_tutorial.runs.folder import WEIGHTS_FILE, Run
 from mls_tutorial.train.checkpoint import write_json
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While inside, SIGTERM raises ``SystemExit(143)`` (as Ctrl-C raises KeyboardInterrupt), so
+    the ``with`` blocks around it remove their temporary folders. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum, _frame):
+        print("terminated: removing the temporary run folder", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _made(seconds: float, runs: Sequence[Run]) -> dict[str, Any]:
@@ -100,7 +123,7 @@ def rebuild(
     root = shipped.store()
     root.mkdir(parents=True, exist_ok=True)
     set_name = "set-" + time.strftime("%Y%m%d-%H%M%S")
-    with tempfile.TemporaryDirectory(prefix="mls-shipped-") as tmp:
+    with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="mls-shipped-") as tmp:
         t0 = time.perf_counter()
         runs = train_configs(
             configs, tmp, workers=workers, device=device, progress=progress, log=log,
@@ -155,7 +178,9 @@ def verify(
     log: Callable[[str], None] | None = print,
 ) -> list[dict[str, Any]]:
     """Retrain ``n`` random shipped runs (or ``names``); per run the shipped and retrained
-    numbers, ``max_abs_diff`` over ``shipped.COMPARED`` and whether the weights are bitwise equal."""
+    numbers, ``max_abs_diff`` over ``shipped.COMPARED`` and whether the weights are bitwise equal.
+    The runs are retrained in a temporary folder, removed at the end, on an error, on Ctrl-C
+    and on SIGTERM."""
     import torch
 
     from mls_tutorial.runs.orchestration import load_or_train
@@ -163,7 +188,7 @@ def verify(
     man = shipped.manifest()
     chosen = _pick(man["runs"], n, names, seed)
     results = []
-    with tempfile.TemporaryDirectory(prefix="mls-verify-") as tmp:
+    with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="mls-verify-") as tmp:
         for entry in chosen:
             threads = torch.get_num_threads()
             torch.set_num_threads(int(entry.get("threads") or threads))
