@@ -697,9 +697,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from mls_tutorial.files import write_json
     from mls_tutorial.results import TABLE_COLUMNS
     from mls_tutorial.runs import get_data
-    from mls_tutorial.train import evaluate, fit_temperature, write_json
+    from mls_tutorial.train import evaluate, fit_temperature
 
     device = _device(args)
     results = []
@@ -732,8 +733,9 @@ def cmd_evaluate(args) -> int:
 
 def _load_for_eval(folder: str):
     """A run folder, finished or not (an unfinished one is evaluated from its checkpoint)."""
+    from mls_tutorial.files import read_json
     from mls_tutorial.runs import CONFIG_FILE, METRICS_FILE, Run, load_run
-    from mls_tutorial.train import CHECKPOINT_NAME, read_json
+    from mls_tutorial.train import CHECKPOINT_NAME
 
     path = Path(folder)
     for name in (CONFIG_FILE, CHECKPOINT_NAME):
@@ -791,7 +793,8 @@ def cmd_score(args) -> int:
 
 
 def cmd_shipped(args) -> int:
-    from mls_tutorial.runs import shipped, shipping
+    from mls_tutorial import shipping
+    from mls_tutorial.runs import shipped
 
     if args.name and not args.verify:
         raise CLIError(

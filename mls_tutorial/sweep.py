@@ -301,8 +301,8 @@ def train_ladder(
     ``start`` iterations), may return False to stop the ladder there (e.g. at a deadline); the
     rungs reached are returned.
     """
+    from mls_tutorial.files import read_json, write_json
     from mls_tutorial.runs import CONFIG_FILE, METRICS_FILE, run_lock
-    from mls_tutorial.train.checkpoint import read_json, write_json
 
     lengths = list(lengths)
     if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from _tiny_runs import BASE
 
+from mls_tutorial import shipping
 from mls_tutorial.runs import (
     FIGURES,
     METRICS_FILE,
@@ -22,7 +23,6 @@ from mls_tutorial.runs import (
     normalize_config,
     run_name,
     shipped,
-    shipping,
 )
 from mls_tutorial.runs.course import READERS, course_configs
 
@@ -62,7 +62,7 @@ def test_rebuild_writes_a_manifest_with_hashes_versions_and_one_copy_of_the_weig
     for entry in (ce, ts):
         for name, info in entry["files"].items():
             path = store / man["set"] / entry["name"] / name
-            assert info["sha256"] == shipped._sha256(path) and info["bytes"] == path.stat().st_size
+            assert info["sha256"] == shipped.sha256(path) and info["bytes"] == path.stat().st_size
     assert not list((store / man["set"] / ce["name"]).glob("checkpoint.pt"))
     weights = torch.load(store / man["set"] / ce["name"] / WEIGHTS_FILE, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in weights.values())
@@ -268,7 +268,7 @@ def test_the_shipped_set_is_exactly_what_the_course_reads_and_fits_the_budget():
     for entry in man["runs"]:
         for name, info in entry["files"].items():
             path = shipped.DEFAULT_STORE / man["set"] / entry["name"] / name
-            assert shipped._sha256(path) == info["sha256"], path
+            assert shipped.sha256(path) == info["sha256"], path
             total += path.stat().st_size
     assert total <= shipped.SIZE_BUDGET, total
 

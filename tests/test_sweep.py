@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mls_tutorial.cluster import MARKER_DIR, SharedRootError, check_shared_root, root_marker
-from mls_tutorial.runs import CONFIG_FILE, METRICS_FILE, load_or_train, run_name
+from mls_tutorial.runs import CONFIG_FILE, LOCK_DIR, METRICS_FILE, load_or_train, run_name
 from mls_tutorial.sweep import expand_grid, family, parse_grid, train_configs, train_ladder
 
 DATA = {"n_train": 8, "size": 16, "slices": 2, "n_val": 1, "n_test": 1, "seed": 3}
@@ -135,8 +135,11 @@ def test_a_crashed_holder_never_blocks_and_its_run_resumes(tmp_path):
     holder.send_signal(signal.SIGKILL)  # dies holding the lock, mid-training
     holder.wait(timeout=60)
     assert not (folder / METRICS_FILE).exists()
+    from filelock import FileLock
+
+    with FileLock(tmp_path / LOCK_DIR / f"{folder.name}.lock").acquire(timeout=0):
+        pass  # the dead holder's lock is free at once (the OS released it): nothing can block
     messages = []
-    t0 = time.monotonic()
     run = load_or_train(
         config,
         tmp_path,
@@ -145,7 +148,6 @@ def test_a_crashed_holder_never_blocks_and_its_run_resumes(tmp_path):
         figures=False,
         log=messages.append,
     )
-    assert time.monotonic() - t0 < 300
     assert not any(m.startswith("[wait]") for m in messages), messages
     assert any("resuming from checkpoint" in m for m in messages), messages
     assert (run.path / METRICS_FILE).is_file() and run.history["iteration"][-1] == 400

@@ -131,6 +131,14 @@ def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     return _json_normal(cfg)
 
 
+def get_data(config: dict[str, Any]):
+    """The config's ``DataBundle``, built once per process (``data.cache``: a sweep shares it)."""
+    from mls_tutorial.data.cache import cached_data
+
+    cfg = normalize_config(config)
+    return cached_data(cfg["data"], cfg["data_params"])
+
+
 def run_key(config: dict[str, Any]) -> str:
     """Stable 16-hex-digit hash of the normalised config (key order does not matter)."""
     text = json.dumps(normalize_config(config), sort_keys=True, separators=(",", ":"))

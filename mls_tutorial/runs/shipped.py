@@ -8,9 +8,8 @@ every run (key, config, sha256 and size of each file, Dice/ECE, threads and seco
 set was made (versions, device, date, command). ``load_or_train`` copies a shipped run whose
 normalised config equals the requested one into the run root (``find``, ``copy_into``).
 
-``rebuild`` trains ``course_configs()`` from scratch in a temporary root, writes a new set
-folder, then switches the manifest with one atomic rename: interrupted anywhere, the previous
-set stays whole. ``verify`` retrains shipped runs and compares them with what was shipped.
+Making and proving the set (``rebuild``, ``verify``: training) is ``mls_tutorial.shipping``, a
+layer above: this module knows nothing of training.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mls_tutorial.files import write_json
 from mls_tutorial.runs.config import normalize_config, run_key, run_name
 from mls_tutorial.runs.folder import (
     CONFIG_FILE,
@@ -36,7 +36,6 @@ from mls_tutorial.runs.folder import (
     WEIGHTS_FILE,
     move_aside,
 )
-from mls_tutorial.train.checkpoint import write_json
 
 #: where the shipped runs live; the environment variable points elsewhere (tests, a mirror)
 STORE_ENV = "MLS_TUTORIAL_SHIPPED_DIR"
@@ -99,7 +98,8 @@ def find(config: dict[str, Any], root: Path | None = None) -> dict[str, Any] | N
     return None
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """The file's SHA-256, hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -115,10 +115,10 @@ def _source_files(entry: dict[str, Any], root: Path) -> dict[str, Path]:
     if entry.get("weights_of"):
         sources[WEIGHTS_FILE] = root / man["set"] / entry["weights_of"] / WEIGHTS_FILE
     for name, path in sources.items():
-        want = entry["files"].get(name) or _entry(man, entry["weights_of"])["files"][name]
+        want = entry["files"].get(name) or entry_named(man, entry["weights_of"])["files"][name]
         if not path.is_file():
             raise ShippedRunError(f"shipped file missing: {path}; {REMEDY}")
-        if _sha256(path) != want["sha256"]:
+        if sha256(path) != want["sha256"]:
             raise ShippedRunError(
                 f"shipped file {path} does not match its sha256 in {root / MANIFEST}: "
                 f"corrupt or edited; {REMEDY}"
@@ -126,7 +126,8 @@ def _source_files(entry: dict[str, Any], root: Path) -> dict[str, Path]:
     return sources
 
 
-def _entry(man: dict[str, Any], name: str) -> dict[str, Any]:
+def entry_named(man: dict[str, Any], name: str) -> dict[str, Any]:
+    """The manifest ``man``'s entry for the run ``name``."""
     return next(e for e in man["runs"] if e["name"] == name)
 
 

@@ -23,9 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mls_tutorial.files import read_json, write_json
 from mls_tutorial.runs import shipped
 from mls_tutorial.runs.folder import WEIGHTS_FILE, Run
-from mls_tutorial.train.checkpoint import write_json
+from mls_tutorial.runs.orchestration import load_or_train
+from mls_tutorial.sweep import train_configs
 
 
 @contextlib.contextmanager
@@ -89,7 +91,7 @@ def _write_set(runs: Sequence[Run], folder: Path) -> list[dict[str, Any]]:
     """Copy each run's shipped files into ``folder/<name>/``; the manifest entries."""
     entries, weights = [], {}
     for run in runs:
-        sha = shipped._sha256(run.path / WEIGHTS_FILE)
+        sha = shipped.sha256(run.path / WEIGHTS_FILE)
         weights_of = weights.get(sha) if run.config["temperature_scaling"] else None
         weights.setdefault(sha, run.name)
         (folder / run.name).mkdir(parents=True)
@@ -99,7 +101,7 @@ def _write_set(runs: Sequence[Run], folder: Path) -> list[dict[str, Any]]:
                 continue  # the base run's weights: no second copy
             shutil.copyfile(run.path / name, folder / run.name / name)
             files[name] = {
-                "sha256": shipped._sha256(run.path / name),
+                "sha256": shipped.sha256(run.path / name),
                 "bytes": (run.path / name).stat().st_size,
             }
         entries.append(_entry(run, files, weights_of))
@@ -116,7 +118,6 @@ def rebuild(
 ) -> Path:
     """Train ``configs`` (default: every run the course reads) from scratch and ship them."""
     from mls_tutorial.runs.course import course_configs
-    from mls_tutorial.sweep import train_configs
 
     say = log or (lambda _msg: None)
     configs = list(configs) if configs is not None else course_configs()
@@ -183,8 +184,6 @@ def verify(
     and on SIGTERM."""
     import torch
 
-    from mls_tutorial.runs.orchestration import load_or_train
-
     man = shipped.manifest()
     chosen = _pick(man["runs"], n, names, seed)
     results = []
@@ -206,8 +205,6 @@ def verify(
 
 def _compare(entry: dict, run: Run, man: dict, seconds: float) -> dict[str, Any]:
     path = Path(shipped.store()) / man["set"] / entry["name"] / "metrics.json"
-    from mls_tutorial.train.checkpoint import read_json
-
     was = read_json(path)
     diffs = {
         k: abs(run.metrics[k] - was[k])
@@ -216,7 +213,7 @@ def _compare(entry: dict, run: Run, man: dict, seconds: float) -> dict[str, Any]
     }
     weights = (
         entry["files"].get(WEIGHTS_FILE)
-        or shipped._entry(man, entry["weights_of"])["files"][WEIGHTS_FILE]
+        or shipped.entry_named(man, entry["weights_of"])["files"][WEIGHTS_FILE]
     )
     return {
         "name": entry["name"],
@@ -226,7 +223,7 @@ def _compare(entry: dict, run: Run, man: dict, seconds: float) -> dict[str, Any]
         **{f"retrained_{k}": run.metrics[k] for k in ("dice", "ece", "gap")},
         "max_abs_diff": max(diffs.values()),
         "max_abs_diff_key": max(diffs, key=diffs.get),
-        "bitwise_equal_weights": shipped._sha256(run.path / WEIGHTS_FILE) == weights["sha256"],
+        "bitwise_equal_weights": shipped.sha256(run.path / WEIGHTS_FILE) == weights["sha256"],
     }
 
 
