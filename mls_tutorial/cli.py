@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from mls_tutorial import __version__
+from mls_tutorial.grid import DEMO_MARGIN, FlagError
 from mls_tutorial.registry import LOSS_NAMES, knobs_with
 
 #: every loss (``mls_tutorial.registry``: importing it loads no torch)
 LOSSES = LOSS_NAMES
-#: the demo's and sweep's MbLS margin (not train's 10: see the --margin help)
-DEMO_MARGIN = 5.0
 PRESETS = ("tiny", "small", "paper")
 SELECT_METRICS = (
     "last",
@@ -239,17 +238,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return text if "default" in text else super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mls-tutorial",
-        description="Margin-based label smoothing (MbLS) for calibrated segmentation: "
-        "train, evaluate and compare calibration losses on bundled brain MRI data.",
-        epilog="Start with: mls-tutorial demo   (or mls-tutorial demo --fast for a 1-minute run)",
-    )
-    parser.add_argument("--version", action="version", version=f"mls-tutorial {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    fmt = _HelpFormatter
-
+def _demo_parser(sub, fmt) -> None:
+    """``demo``: CE and MbLS (and any --losses) on the bundled data, compared."""
     p = sub.add_parser(
         "demo",
         help="train CE and MbLS on the bundled data and compare them",
@@ -281,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p, DEMO_DEFAULTS)
     p.set_defaults(out="runs/demo")
 
+
+def _train_parser(sub, fmt) -> None:
+    """``train``: one run, cached by its config."""
     p = sub.add_parser("train", help="train one run (cached by config)", formatter_class=fmt)
     p.add_argument("--loss", choices=LOSSES, default="mbls", help="training loss")
     p.add_argument(
@@ -295,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loss_options(p)
     _add_training_options(p, DEMO_DEFAULTS)
 
+
+def _evaluate_parser(sub, fmt) -> None:
+    """``evaluate``: run folders evaluated again (test or validation split)."""
     p = sub.add_parser("evaluate", help="re-evaluate run folders", formatter_class=fmt)
     p.add_argument("runs", nargs="+", help="run folders (holding config.json and checkpoint.pt)")
     p.add_argument("--split", choices=("test", "val"), default="test", help="volumes to evaluate")
@@ -306,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write the results (a JSON list) to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
+
+def _sweep_parser(sub, fmt) -> None:
+    """``sweep``: grids of losses and knobs x seeds, one results table."""
     p = sub.add_parser(
         "sweep",
         help="grids of losses and knobs x seeds -> one results table",
@@ -371,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loss_options(p)
     _add_training_options(p, DEMO_DEFAULTS)
 
+
+def _report_parser(sub, fmt) -> None:
+    """``report``: tables and figures from run folders (``--choose-on val``)."""
     p = sub.add_parser(
         "report", help="figures and a Markdown table from run folders", formatter_class=fmt
     )
@@ -395,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="how far below CE's validation DSC a config may be and stay eligible (1 point)",
     )
+
+
+def _shipped_parser(sub, fmt) -> None:
+    """``shipped``: list, verify or rebuild the runs shipped with the package."""
     p = sub.add_parser(
         "shipped",
         help="the course's runs shipped with the package: list, verify, rebuild",
@@ -425,6 +431,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1, help="--rebuild: runs at once")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mls-tutorial",
+        description="Margin-based label smoothing (MbLS) for calibrated segmentation: "
+        "train, evaluate and compare calibration losses on bundled brain MRI data.",
+        epilog="Start with: mls-tutorial demo   (or mls-tutorial demo --fast for a 1-minute run)",
+    )
+    parser.add_argument("--version", action="version", version=f"mls-tutorial {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fmt = _HelpFormatter
+    for add in (_demo_parser, _train_parser, _evaluate_parser, _sweep_parser, _report_parser,
+                _shipped_parser):  # fmt: skip
+        add(sub, fmt)
 
     p = sub.add_parser(
         "score",
@@ -486,29 +507,6 @@ def _base(args) -> dict[str, Any]:
         "select_metric": args.select_metric,
         "amp": not args.no_amp,
     }
-
-
-def _knob_flags(args, *names: str) -> dict[str, tuple[str, list]]:
-    """The knob flags given: ``{"alpha": ("--alpha", [0.3])}``."""
-    given = {name: getattr(args, name) for name in names}
-    return {name: (f"--{name}", [v]) for name, v in given.items() if v is not None}
-
-
-def _grid_configs(args, losses, seeds, margins_flag: str, margins) -> list[dict]:
-    """demo and sweep without --grid: each loss with the flags that apply to it, x seeds."""
-    from mls_tutorial.grid import flag_grids, grid_configs, loss_parameters
-
-    margins_given = margins is not None
-    grids = flag_grids(
-        losses,
-        _knob_flags(args, "alpha"),
-        args.loss_param,
-        mbls_margins=(margins_flag, margins if margins_given else [DEMO_MARGIN], margins_given),
-        losses_flag="--losses",
-    )
-    ce_kwargs = {k: v for k, v in args.loss_param if k in loss_parameters("ce")}
-    ts = ce_kwargs if args.temperature_scaling else None
-    return grid_configs(grids, seeds, _base(args), ce_ts_kwargs=ts)
 
 
 def _device(args):
@@ -573,29 +571,22 @@ def _echo(text: str) -> None:
         print(text, flush=True)
 
 
-def _train_config(args) -> dict:
-    """train's one config: --margin/--alpha/--loss-param must apply to --loss."""
-    from mls_tutorial.grid import flag_grids
-
-    _device(args)
-    ((loss, knobs),) = flag_grids(
-        [args.loss], _knob_flags(args, "margin", "alpha"), args.loss_param
-    )
-    kwargs = {key: values[0] for key, values in knobs.items()}
-    return {
-        **_base(args),
-        "loss": loss,
-        "loss_kwargs": kwargs,
-        "seed": args.seed,
-        "temperature_scaling": args.temperature_scaling,
-    }
-
-
 def cmd_train(args) -> int:
+    from mls_tutorial.grid import train_config
     from mls_tutorial.results import format_markdown, results_table
 
     _resolve(args, DEMO_DEFAULTS)
-    runs = _train_all(args, [_train_config(args)])
+    _device(args)
+    config = train_config(
+        _base(args),
+        args.loss,
+        args.seed,
+        margin=args.margin,
+        alpha=args.alpha,
+        params=args.loss_param,
+        temperature_scaling=args.temperature_scaling,
+    )
+    runs = _train_all(args, [config])
     if not _leave_process_group(runs):
         return 0
     print(f"run folder: {runs[0].path}")
@@ -605,22 +596,39 @@ def cmd_train(args) -> int:
 
 def _sweep_configs(args) -> list[dict]:
     """The configs of ``sweep``: from ``--grid`` (one per family) or ``--losses/--margins``."""
-    from mls_tutorial.grid import GridError, grid_configs, parse_grid
+    from mls_tutorial.grid import grid_text_configs, losses_configs
 
     _device(args)
     if not args.grid:
-        losses = args.losses or ["ce", "mbls"]
-        return _grid_configs(args, losses, args.seeds, "--margins", args.margins)
+        return losses_configs(
+            _base(args),
+            args.losses or ["ce", "mbls"],
+            args.seeds,
+            margins=("--margins", args.margins),
+            alpha=args.alpha,
+            params=args.loss_param,
+            ce_ts=args.temperature_scaling,
+        )
     if args.losses or args.margins:
         raise CLIError("give either --grid or --losses/--margins, not both")
     if args.alpha is not None or args.loss_param:
         raise CLIError("with --grid, set knobs in the grid (e.g. mbls:margin=5:alpha=0.1)")
-    try:
-        grids = [parse_grid(text) for text in args.grid]
-    except GridError as exc:
-        raise CLIError(f"--grid {exc.text!r}: {exc.problem}") from None
-    ts = {} if args.temperature_scaling else None
-    return grid_configs(grids, args.seeds, _base(args), ce_ts_kwargs=ts)
+    return grid_text_configs(_base(args), args.grid, args.seeds, ce_ts=args.temperature_scaling)
+
+
+def _demo_configs(args) -> list[dict]:
+    from mls_tutorial.grid import losses_configs
+
+    _device(args)
+    return losses_configs(
+        _base(args),
+        args.losses,
+        [args.seed],
+        margins=("--margin", None if args.margin is None else [args.margin]),
+        alpha=args.alpha,
+        params=args.loss_param,
+        ce_ts=args.temperature_scaling,
+    )
 
 
 def _sweep_executor(args):
@@ -677,9 +685,7 @@ def cmd_demo(args) -> int:
     from mls_tutorial.results import format_markdown, results_table, write_results
 
     _resolve(args, FAST_DEFAULTS if args.fast else DEMO_DEFAULTS)
-    _device(args)
-    configs = _grid_configs(args, args.losses, [args.seed], "--margin", args.margin)
-    runs = _train_all(args, configs)
+    runs = _train_all(args, _demo_configs(args))
     if not _leave_process_group(runs):
         return 0
     rows = results_table(runs)
@@ -846,8 +852,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # MONAI 1.6 deprecation notices from inside its HD95 code are noise for a CLI user
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
-    from mls_tutorial.grid import FlagError
-
     try:
         dist_utils.init_from_env(getattr(args, "device", None))
         return COMMANDS[args.command](args)

@@ -11,7 +11,8 @@ A **grid** names a loss and the values of its parameters; each ``KEY=V1,V2`` mul
 to the losses that have that knob or parameter, and a flag that applies to none of them is a
 ``FlagError`` naming the flag, the loss and what it takes. ``grid_configs`` crosses grids with
 seeds into run configs. Every value is checked (knob ranges, then the loss's own checks) before
-any run starts.
+any run starts. The CLI's commands build their configs here (``train_config``,
+``losses_configs``, ``grid_text_configs``): the CLI only parses and dispatches.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from mls_tutorial.registry import family, knobs_with, spec
 
 __all__ = [
+    "DEMO_MARGIN",
     "FlagError",
     "GridError",
     "check_loss",
@@ -31,8 +33,11 @@ __all__ = [
     "family",
     "flag_grids",
     "grid_configs",
+    "grid_text_configs",
     "loss_parameters",
+    "losses_configs",
     "parse_grid",
+    "train_config",
 ]
 
 
@@ -217,3 +222,71 @@ def grid_configs(
                 }
             )
     return configs
+
+
+# --------------------------------------------------------------- the CLI's configs, from flags
+
+#: the demo's and sweep's MbLS margin (not train's 10: on the bundled data CE's logit distances
+#: peak near 10, where a margin of 10 barely binds; see docs/results.md)
+DEMO_MARGIN = 5.0
+
+
+def train_config(
+    base: Mapping[str, Any],
+    loss: str,
+    seed: int,
+    *,
+    margin: float | None = None,
+    alpha: float | None = None,
+    params: Sequence[tuple[str, Any]] = (),
+    temperature_scaling: bool = False,
+) -> dict[str, Any]:
+    """``train``'s one config: ``--margin``, ``--alpha``, ``--loss-param`` must apply to the loss."""
+    given = {"margin": margin, "alpha": alpha}
+    knobs = {name: (f"--{name}", [v]) for name, v in given.items() if v is not None}
+    ((loss, grid),) = flag_grids([loss], knobs, params)
+    kwargs = {key: values[0] for key, values in grid.items()}
+    return {
+        **base,
+        "loss": loss,
+        "loss_kwargs": kwargs,
+        "seed": seed,
+        "temperature_scaling": temperature_scaling,
+    }
+
+
+def losses_configs(
+    base: Mapping[str, Any],
+    losses: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    margins: tuple[str, list[float] | None],
+    alpha: float | None = None,
+    params: Sequence[tuple[str, Any]] = (),
+    ce_ts: bool = False,
+) -> list[dict[str, Any]]:
+    """``demo`` and ``sweep --losses``: each loss with the flags that apply to it, x seeds.
+
+    ``margins``: ``(flag, values or None)``, MbLS's margins (``DEMO_MARGIN`` when None);
+    ``ce_ts``: add CE + temperature scaling (with the ``params`` CE takes) for each seed."""
+    flag, values = margins
+    grids = flag_grids(
+        losses,
+        {} if alpha is None else {"alpha": ("--alpha", [alpha])},
+        params,
+        mbls_margins=(flag, [DEMO_MARGIN] if values is None else values, values is not None),
+        losses_flag="--losses",
+    )
+    ce_kwargs = {k: v for k, v in params if k in loss_parameters("ce")}
+    return grid_configs(grids, seeds, base, ce_ts_kwargs=ce_kwargs if ce_ts else None)
+
+
+def grid_text_configs(
+    base: Mapping[str, Any], texts: Sequence[str], seeds: Sequence[int], *, ce_ts: bool = False
+) -> list[dict[str, Any]]:
+    """``sweep --grid TEXT ...``: every grid point x seeds; ``FlagError`` names a bad ``--grid``."""
+    try:
+        grids = [parse_grid(text) for text in texts]
+    except GridError as exc:
+        raise FlagError(f"--grid {exc.text!r}: {exc.problem}") from None
+    return grid_configs(grids, seeds, base, ce_ts_kwargs={} if ce_ts else None)

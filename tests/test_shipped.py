@@ -278,6 +278,6 @@ def test_the_demo_reads_shipped_runs():
 
     args = cli.build_parser().parse_args(["demo"])
     cli._resolve(args, cli.DEMO_DEFAULTS)
-    demo = {run_name(c) for c in cli._grid_configs(args, args.losses, [args.seed], "", None)}
+    demo = {run_name(c) for c in cli._demo_configs(args)}
     assert demo == {run_name(c) for c in READERS["demo"]}
     assert all(shipped.find(normalize_config(c), shipped.DEFAULT_STORE) for c in READERS["demo"])
