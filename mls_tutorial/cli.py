@@ -54,6 +54,10 @@ class CLIError(ValueError):
     """A bad option value found after parsing: ``mls-tutorial CMD: error: ...``, exit code 2."""
 
 
+class CommandError(RuntimeError):
+    """What a command met, not a flag (no scheduler, a worker without the run root): exit 1."""
+
+
 # ------------------------------------------------------------------------------ arg types
 
 
@@ -668,7 +672,7 @@ def cmd_sweep(args) -> int:
                 use_shipped=not args.no_shipped,
             )
     except (ImportError, ConnectionError, SharedRootError) as exc:  # Dask, scheduler, root
-        raise CLIError(str(exc)) from None
+        raise CommandError(str(exc)) from None
     if not _leave_process_group(runs):
         return 0
     rows = results_table(runs)
@@ -859,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mls-tutorial {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (
+        CommandError,
         ValueError,
         FileNotFoundError,
         FloatingPointError,

@@ -279,6 +279,7 @@ def test_cli_loss_names_are_the_library_s():
     assert LOSSES == LOSS_NAMES
 
 
+@pytest.mark.slow  # a pool of 2 processes
 def test_grid_sweep_with_workers_then_choose_on_validation(tmp_path, capsys):
     out = tmp_path / "grid"
     argv = ["sweep", "--grid", "ce", "--grid", "ls:alpha=0.05,0.3", "--grid", "mbls:margin=0"]

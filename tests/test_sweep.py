@@ -60,6 +60,7 @@ def test_families():
     assert family({"loss": "ls", "loss_kwargs": {"alpha": 0.3}}) == "ls"
 
 
+@pytest.mark.slow  # starts other processes
 def test_workers_train_in_parallel_processes_and_keep_config_order(tmp_path):
     configs = [cfg(loss="ls", loss_kwargs={"alpha": a}) for a in (0.1, 0.3)] + [cfg(loss="ce")]
     runs = train_configs(configs, tmp_path, workers=2, device="cpu", progress=False, log=None)
@@ -110,6 +111,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> Non
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # starts other processes
 def test_two_processes_asking_for_one_run_train_it_once(tmp_path):
     config = cfg(loss="ce", iterations=1500)
     folder, go = tmp_path / run_name(config), tmp_path / "go"
@@ -127,6 +129,7 @@ def test_two_processes_asking_for_one_run_train_it_once(tmp_path):
     assert (r1["cached"], r2["cached"]) == (False, True) and r1["ece"] == r2["ece"]
 
 
+@pytest.mark.slow  # starts other processes
 def test_a_crashed_holder_never_blocks_and_its_run_resumes(tmp_path):
     config = cfg(loss="ce", iterations=400, val_every=20)  # checkpoints every 20 iterations
     folder = tmp_path / run_name(config)
