@@ -1,7 +1,7 @@
 """Build the course website: execute the notebooks with papermill, then render with Sphinx.
 
     python docs/build.py            # default parameters; trained runs cached in runs/
-    python docs/build.py --fast     # the tests' fast parameters (tests/notebook_parameters.py)
+    python docs/build.py --fast     # the fast parameters (mls_tutorial/notebook_parameters.py)
 
 Steps: (1) every ``notebooks/0*.ipynb`` runs once with papermill into
 ``docs/_build/executed/<mode>/`` (skipped when that copy is up to date: same notebook, same
@@ -53,8 +53,10 @@ def _from_tests(module: str):
 
 
 def fast_parameters() -> dict[str, dict]:
-    """The tests' fast parameters (``tests/notebook_parameters.py``)."""
-    return copy.deepcopy(_from_tests("notebook_parameters").NOTEBOOK_FAST_PARAMETERS)
+    """The notebooks' fast parameters (``mls_tutorial/notebook_parameters.py``, as the tests')."""
+    from mls_tutorial.notebook_parameters import NOTEBOOK_FAST_PARAMETERS
+
+    return copy.deepcopy(NOTEBOOK_FAST_PARAMETERS)
 
 
 def notebooks() -> list[Path]:
@@ -300,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     executed = []
     for path in notebooks():
         if args.fast and path.stem not in fast:
-            print(f"  {path.stem}: no fast parameters in tests/notebook_parameters.py: defaults")
+            print(f"  {path.stem}: no fast parameters in notebook_parameters.py: defaults")
         params = {
             **fast.get(path.stem, {}),
             "output_dir": _relative(out_dir / "outputs" / path.stem),

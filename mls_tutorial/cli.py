@@ -28,24 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from mls_tutorial import __version__
+from mls_tutorial.grid import DEMO_MARGIN, FlagError
+from mls_tutorial.registry import LOSS_NAMES, knobs_with
 
-#: ``mls_tutorial.losses.LOSS_NAMES`` (written out: the CLI imports no torch before parsing;
-#: tests/test_cli.py checks that the two agree)
-LOSSES = (
-    "ce",
-    "ce_dice",
-    "focal",
-    "ls",
-    "ecp",
-    "svls",
-    "mbls",
-    "nacl",
-    "cals",
-    "acls",
-    "mdca",
-    "hl1ace",
-    "sl1ace",
-)
+#: every loss (``mls_tutorial.registry``: importing it loads no torch)
+LOSSES = LOSS_NAMES
 PRESETS = ("tiny", "small", "paper")
 SELECT_METRICS = (
     "last",
@@ -64,7 +51,11 @@ FAST_DATA = {"n_train_subjects": 1, "n_val_subjects": 1, "n_test_subjects": 1}
 
 
 class CLIError(ValueError):
-    """A bad option value found after parsing (reported as ``mls-tutorial: error: ...``)."""
+    """A bad option value found after parsing: ``mls-tutorial CMD: error: ...``, exit code 2."""
+
+
+class CommandError(RuntimeError):
+    """What a command met, not a flag (no scheduler, a worker without the run root): exit 1."""
 
 
 # ------------------------------------------------------------------------------ arg types
@@ -224,7 +215,8 @@ def _add_loss_options(p: argparse.ArgumentParser) -> None:
         "--alpha",
         type=_nonneg_float,
         default=None,
-        help="weight of the penalty for mbls/ls/nacl (each loss's default when omitted)",
+        help=f"weight of the penalty, a knob of {'/'.join(knobs_with('alpha'))} (each loss's "
+        "default when omitted; an error for a loss without it)",
     )
     g.add_argument(
         "--loss-param",
@@ -232,7 +224,8 @@ def _add_loss_options(p: argparse.ArgumentParser) -> None:
         type=_key_value,
         default=[],
         metavar="KEY=VALUE",
-        help="any other loss parameter (repeatable), e.g. gamma=2 (focal), beta=0.2 (ecp)",
+        help="any other loss parameter (repeatable), e.g. gamma=2 (focal), beta=0.2 (ecp); "
+        "it applies to the losses that have it (an error when none has)",
     )
     g.add_argument(
         "--temperature-scaling",
@@ -249,17 +242,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return text if "default" in text else super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mls-tutorial",
-        description="Margin-based label smoothing (MbLS) for calibrated segmentation: "
-        "train, evaluate and compare calibration losses on bundled brain MRI data.",
-        epilog="Start with: mls-tutorial demo   (or mls-tutorial demo --fast for a 1-minute run)",
-    )
-    parser.add_argument("--version", action="version", version=f"mls-tutorial {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    fmt = _HelpFormatter
-
+def _demo_parser(sub, fmt) -> None:
+    """``demo``: CE and MbLS (and any --losses) on the bundled data, compared."""
     p = sub.add_parser(
         "demo",
         help="train CE and MbLS on the bundled data and compare them",
@@ -277,9 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--margin",
         type=_nonneg_float,
-        default=5.0,
-        help="MbLS margin m (default: 5, not train's 10: on the bundled data CE's logit "
-        "distances peak near 10, where a margin of 10 barely binds; see docs/results.md)",
+        default=None,
+        help=f"MbLS margin m (default: {DEMO_MARGIN:g}, not train's 10: on the bundled data CE's "
+        "logit distances peak near 10, where a margin of 10 barely binds; see docs/results.md)",
     )
     p.add_argument("--seed", type=_nonneg_int, default=1, help="random seed (default: 1)")
     p.add_argument(
@@ -291,19 +275,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p, DEMO_DEFAULTS)
     p.set_defaults(out="runs/demo")
 
+
+def _train_parser(sub, fmt) -> None:
+    """``train``: one run, cached by its config."""
     p = sub.add_parser("train", help="train one run (cached by config)", formatter_class=fmt)
     p.add_argument("--loss", choices=LOSSES, default="mbls", help="training loss")
     p.add_argument(
         "--margin",
         type=_nonneg_float,
         default=None,
-        help="MbLS margin m (mbls only; default 10, the paper's and the official code's; "
-        "demo uses 5, which binds on the bundled data)",
+        help=f"the margin m of {'/'.join(knobs_with('margin'))} (an error for another loss; "
+        "default: the loss's, 10 for MbLS as in the paper and the official code; demo uses 5, "
+        "which binds on the bundled data)",
     )
     p.add_argument("--seed", type=_nonneg_int, default=1, help="random seed")
     _add_loss_options(p)
     _add_training_options(p, DEMO_DEFAULTS)
 
+
+def _evaluate_parser(sub, fmt) -> None:
+    """``evaluate``: run folders evaluated again (test or validation split)."""
     p = sub.add_parser("evaluate", help="re-evaluate run folders", formatter_class=fmt)
     p.add_argument("runs", nargs="+", help="run folders (holding config.json and checkpoint.pt)")
     p.add_argument("--split", choices=("test", "val"), default="test", help="volumes to evaluate")
@@ -315,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write the results (a JSON list) to this file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
+
+def _sweep_parser(sub, fmt) -> None:
+    """``sweep``: grids of losses and knobs x seeds, one results table."""
     p = sub.add_parser(
         "sweep",
         help="grids of losses and knobs x seeds -> one results table",
@@ -337,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=_nonneg_float,
         default=None,
-        help="MbLS margins, one mbls run per margin (default: 5)",
+        help=f"MbLS margins, one mbls run per margin (default: {DEMO_MARGIN:g})",
     )
     p.add_argument(
         "--grid",
@@ -380,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_loss_options(p)
     _add_training_options(p, DEMO_DEFAULTS)
 
+
+def _report_parser(sub, fmt) -> None:
+    """``report``: tables and figures from run folders (``--choose-on val``)."""
     p = sub.add_parser(
         "report", help="figures and a Markdown table from run folders", formatter_class=fmt
     )
@@ -404,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="how far below CE's validation DSC a config may be and stay eligible (1 point)",
     )
+
+
+def _shipped_parser(sub, fmt) -> None:
+    """``shipped``: list, verify or rebuild the runs shipped with the package."""
     p = sub.add_parser(
         "shipped",
         help="the course's runs shipped with the package: list, verify, rebuild",
@@ -416,7 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--verify", type=_positive_int, metavar="N", help="retrain N shipped runs")
     g.add_argument("--rebuild", action="store_true", help="retrain and replace every shipped run")
-    p.add_argument("--name", nargs="+", default=None, help="the shipped runs to verify")
+    p.add_argument(
+        "--name",
+        nargs="+",
+        default=None,
+        help="with --verify: these shipped runs instead of N random ones",
+    )
     p.add_argument(
         "--tolerance",
         type=_nonneg_float,
@@ -429,6 +435,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=1, help="--rebuild: runs at once")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mls-tutorial",
+        description="Margin-based label smoothing (MbLS) for calibrated segmentation: "
+        "train, evaluate and compare calibration losses on bundled brain MRI data.",
+        epilog="Start with: mls-tutorial demo   (or mls-tutorial demo --fast for a 1-minute run)",
+    )
+    parser.add_argument("--version", action="version", version=f"mls-tutorial {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fmt = _HelpFormatter
+    for add in (_demo_parser, _train_parser, _evaluate_parser, _sweep_parser, _report_parser,
+                _shipped_parser):  # fmt: skip
+        add(sub, fmt)
 
     p = sub.add_parser(
         "score",
@@ -483,50 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------ configs
 
 
-def _loss_kwargs(args, loss: str, margin: float | None) -> dict[str, Any]:
-    kwargs = dict(args.loss_param)
-    if margin is not None:
-        if loss != "mbls":
-            raise CLIError(f"--margin applies to --loss mbls only, not {loss!r}")
-        kwargs["margin"] = float(margin)
-    if args.alpha is not None and loss in ("mbls", "ls", "nacl"):
-        kwargs["alpha"] = float(args.alpha)
-    return kwargs
-
-
-def _config(args, loss: str, seed: int, margin: float | None = None, ts: bool = False) -> dict:
+def _base(args) -> dict[str, Any]:
+    """The config keys every run of this command shares (the training options)."""
     data_params = dict(args.data_param)
     if getattr(args, "fast", False):
         data_params = {**FAST_DATA, **data_params}
     return {
         "data": args.data,
         "data_params": data_params,
-        "loss": loss,
-        "loss_kwargs": _loss_kwargs(args, loss, margin),
         "preset": args.preset,
         "iterations": args.iterations,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "lr_step": args.lr_step,
-        "seed": seed,
         "val_every": args.val_every,
         "select_metric": args.select_metric,
         "amp": not args.no_amp,
-        "temperature_scaling": ts,
     }
-
-
-def _grid(args, losses, margins, seeds) -> list[dict]:
-    configs = []
-    for seed in seeds:
-        for loss in losses:
-            if loss == "mbls":
-                configs += [_config(args, loss, seed, m) for m in margins]
-            else:
-                configs.append(_config(args, loss, seed))
-        if args.temperature_scaling:
-            configs.append(_config(args, "ce", seed, ts=True))
-    return configs
 
 
 def _device(args):
@@ -592,11 +586,21 @@ def _echo(text: str) -> None:
 
 
 def cmd_train(args) -> int:
+    from mls_tutorial.grid import train_config
     from mls_tutorial.results import format_markdown, results_table
 
     _resolve(args, DEMO_DEFAULTS)
-    cfg = _config(args, args.loss, args.seed, args.margin, ts=args.temperature_scaling)
-    runs = _train_all(args, [cfg])
+    _device(args)
+    config = train_config(
+        _base(args),
+        args.loss,
+        args.seed,
+        margin=args.margin,
+        alpha=args.alpha,
+        params=args.loss_param,
+        temperature_scaling=args.temperature_scaling,
+    )
+    runs = _train_all(args, [config])
     if not _leave_process_group(runs):
         return 0
     print(f"run folder: {runs[0].path}")
@@ -606,25 +610,39 @@ def cmd_train(args) -> int:
 
 def _sweep_configs(args) -> list[dict]:
     """The configs of ``sweep``: from ``--grid`` (one per family) or ``--losses/--margins``."""
-    from mls_tutorial.sweep import expand_grid, parse_grid
+    from mls_tutorial.grid import grid_text_configs, losses_configs
 
+    _device(args)
     if not args.grid:
-        return _grid(args, args.losses or ["ce", "mbls"], args.margins or [5.0], args.seeds)
+        return losses_configs(
+            _base(args),
+            args.losses or ["ce", "mbls"],
+            args.seeds,
+            margins=("--margins", args.margins),
+            alpha=args.alpha,
+            params=args.loss_param,
+            ce_ts=args.temperature_scaling,
+        )
     if args.losses or args.margins:
         raise CLIError("give either --grid or --losses/--margins, not both")
     if args.alpha is not None or args.loss_param:
         raise CLIError("with --grid, set knobs in the grid (e.g. mbls:margin=5:alpha=0.1)")
-    grids = [parse_grid(text) for text in args.grid]
-    configs = []
-    for seed in args.seeds:
-        for loss, knobs in grids:
-            for kwargs in expand_grid(loss, knobs):
-                cfg = _config(args, loss, seed)
-                cfg["loss_kwargs"] = kwargs
-                configs.append(cfg)
-        if args.temperature_scaling:
-            configs.append(_config(args, "ce", seed, ts=True))
-    return configs
+    return grid_text_configs(_base(args), args.grid, args.seeds, ce_ts=args.temperature_scaling)
+
+
+def _demo_configs(args) -> list[dict]:
+    from mls_tutorial.grid import losses_configs
+
+    _device(args)
+    return losses_configs(
+        _base(args),
+        args.losses,
+        [args.seed],
+        margins=("--margin", None if args.margin is None else [args.margin]),
+        alpha=args.alpha,
+        params=args.loss_param,
+        ce_ts=args.temperature_scaling,
+    )
 
 
 def _sweep_executor(args):
@@ -664,7 +682,7 @@ def cmd_sweep(args) -> int:
                 use_shipped=not args.no_shipped,
             )
     except (ImportError, ConnectionError, SharedRootError) as exc:  # Dask, scheduler, root
-        raise CLIError(str(exc)) from None
+        raise CommandError(str(exc)) from None
     if not _leave_process_group(runs):
         return 0
     rows = results_table(runs)
@@ -681,7 +699,7 @@ def cmd_demo(args) -> int:
     from mls_tutorial.results import format_markdown, results_table, write_results
 
     _resolve(args, FAST_DEFAULTS if args.fast else DEMO_DEFAULTS)
-    runs = _train_all(args, _grid(args, args.losses, [args.margin], [args.seed]))
+    runs = _train_all(args, _demo_configs(args))
     if not _leave_process_group(runs):
         return 0
     rows = results_table(runs)
@@ -699,9 +717,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from mls_tutorial.files import write_json
     from mls_tutorial.results import TABLE_COLUMNS
     from mls_tutorial.runs import get_data
-    from mls_tutorial.train import evaluate, fit_temperature, write_json
+    from mls_tutorial.train import evaluate, fit_temperature
 
     device = _device(args)
     results = []
@@ -734,8 +753,9 @@ def cmd_evaluate(args) -> int:
 
 def _load_for_eval(folder: str):
     """A run folder, finished or not (an unfinished one is evaluated from its checkpoint)."""
+    from mls_tutorial.files import read_json
     from mls_tutorial.runs import CONFIG_FILE, METRICS_FILE, Run, load_run
-    from mls_tutorial.train import CHECKPOINT_NAME, read_json
+    from mls_tutorial.train import CHECKPOINT_NAME
 
     path = Path(folder)
     for name in (CONFIG_FILE, CHECKPOINT_NAME):
@@ -793,10 +813,14 @@ def cmd_score(args) -> int:
 
 
 def cmd_shipped(args) -> int:
-    from mls_tutorial.runs import shipped, shipping
+    from mls_tutorial import shipping
+    from mls_tutorial.runs import shipped
 
     if args.name and not args.verify:
-        args.verify = len(args.name)
+        raise CLIError(
+            "--name chooses the runs --verify retrains: add --verify (e.g. --verify 1 --name "
+            f"{args.name[0]}); `mls-tutorial shipped` lists the names"
+        )
     if args.rebuild:
         shipping.rebuild(workers=args.workers, device=_device(args), progress=not args.no_progress)
     elif args.verify:
@@ -852,8 +876,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dist_utils.init_from_env(getattr(args, "device", None))
         return COMMANDS[args.command](args)
+    except (CLIError, FlagError) as exc:  # a flag that does not apply, or its value
+        print(f"mls-tutorial {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (
-        CLIError,
+        CommandError,
         ValueError,
         FileNotFoundError,
         FloatingPointError,

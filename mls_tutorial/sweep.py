@@ -1,14 +1,7 @@
-"""Sweeps: a grid of configs per method family, trained in parallel (local processes or Dask).
+"""Sweeps: many run configs trained in parallel (local processes or Dask).
 
-A **grid** names a loss and the values of its knobs; each ``KEY=V1,V2`` multiplies the grid::
-
-    parse_grid("ls:alpha=0.03,0.1,0.3")        -> ("ls", {"alpha": [0.03, 0.1, 0.3]})
-    parse_grid("mbls:margin=3,5,10:alpha=0.1")  -> 3 configs
-    parse_grid("ce")                            -> the loss with its defaults
-
-A **family** is what one selection rule chooses within (``family``): the loss name, except MbLS
-with ``margin=0``, which is the linear (equality) penalty ``linear``, and CE + temperature scaling
-``ce_ts``.
+The configs come from grids (``parse_grid``, ``expand_grid``: ``mls_tutorial.grid``, re-exported
+here) and are grouped by family (``family``: ``mls_tutorial.registry``).
 
 ``train_configs(configs, root, workers=N)`` trains every config not already in ``root``; with
 ``N > 1`` in ``N`` processes of ``cores // N`` threads each (no oversubscription).
@@ -17,7 +10,9 @@ with ``margin=0``, which is the linear (equality) penalty ``linear``, and CE + t
 pool is one such executor. Every run folder has one writer (``runs.run_lock``, an OS lock that
 dies with its holder), so two sweeps, or a sweep and a notebook, that share a root never train
 the same run twice: the second waits and loads it; a run whose worker died resumes from its
-last checkpoint wherever the task is retried.
+last checkpoint wherever the task is retried. A finished task may run again (Dask recomputes
+every result that lived only in a dead worker's memory): it finds ``metrics.json`` and loads
+the folder, never trains or writes it again.
 
 ``train_ladder(config, [1000, 2000, 4000], root)`` trains one config for several lengths at the
 cost of the longest: each longer run resumes from the previous one's last checkpoint, which is
@@ -29,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import itertools
-import json
 import multiprocessing
 import os
 import shutil
@@ -40,60 +33,23 @@ from pathlib import Path
 from typing import Any
 
 from mls_tutorial.cluster import SharedRootError
+from mls_tutorial.grid import expand_grid, parse_grid
+from mls_tutorial.registry import family
 from mls_tutorial.runs import Run, load_or_train, load_run, normalize_config, run_name
 from mls_tutorial.train.checkpoint import CHECKPOINT_NAME
+
+__all__ = [
+    "SweepError",
+    "expand_grid",
+    "family",
+    "parse_grid",
+    "train_configs",
+    "train_ladder",
+]
 
 
 class SweepError(RuntimeError):
     """Some runs of a sweep failed (the others finished and are kept)."""
-
-
-def parse_grid(text: str) -> tuple[str, dict[str, list[Any]]]:
-    """``LOSS[:KEY=V1,V2,...]...`` -> ``(loss, {key: [values]})``; values parsed as JSON."""
-    from mls_tutorial.runs import loss_defaults
-
-    loss, *parts = text.split(":")
-    loss = loss.strip()
-    try:
-        defaults = loss_defaults(loss)
-    except ValueError as exc:
-        raise ValueError(f"grid {text!r}: {exc}") from None
-    knobs: dict[str, list[Any]] = {}
-    for part in parts:
-        key, sep, values = part.partition("=")
-        key = key.strip()
-        if not sep or not key or not values:
-            raise ValueError(f"grid {text!r}: expected KEY=V1,V2,... after ':', got {part!r}")
-        if key not in defaults:
-            raise ValueError(
-                f"grid {text!r}: {loss} has no parameter {key!r}; valid: {sorted(defaults)}"
-            )
-        if key in knobs:
-            raise ValueError(f"grid {text!r}: {key!r} is given twice")
-        knobs[key] = [_value(v, text) for v in values.split(",")]
-    return loss, knobs
-
-
-def _value(raw: str, text: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        raise ValueError(f"grid {text!r}: {raw!r} is not a number or JSON value") from None
-
-
-def expand_grid(loss: str, knobs: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every combination of the knob values: a list of ``loss_kwargs``."""
-    keys = list(knobs)
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*knobs.values())]
-
-
-def family(config: dict[str, Any]) -> str:
-    """The method family of a run config (what a selection rule chooses within)."""
-    if config.get("temperature_scaling"):
-        return f"{config['loss']}_ts"
-    if config["loss"] == "mbls" and float(config.get("loss_kwargs", {}).get("margin", 10.0)) == 0:
-        return "linear"
-    return config["loss"]
 
 
 # ------------------------------------------------------------------------------- one task
@@ -345,8 +301,8 @@ def train_ladder(
     ``start`` iterations), may return False to stop the ladder there (e.g. at a deadline); the
     rungs reached are returned.
     """
+    from mls_tutorial.files import read_json, write_json
     from mls_tutorial.runs import CONFIG_FILE, METRICS_FILE, run_lock
-    from mls_tutorial.train.checkpoint import read_json, write_json
 
     lengths = list(lengths)
     if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):

@@ -27,10 +27,9 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from mls_tutorial import plots
+from mls_tutorial.registry import config_label
 
 MBLS = "mbls"
-LOSS_LABELS = {"ce": "CE", "ce_dice": "CE+Dice", "focal": "FL", "ls": "LS", "ecp": "ECP",
-               "svls": "SVLS", "mbls": "MbLS", "nacl": "NACL"}  # fmt: skip
 WEIGHT_KEYS = ("alpha", "lam", "lambda", "lambda_", "weight")
 DEFAULT_ALPHA = "default"  # selector value for runs whose config records no alpha
 NO_RUN = "none yet"  # slider value while the sweep is empty (train mode)
@@ -41,8 +40,9 @@ def margin_explorer(runs: Sequence, example_index: int = 0, train_fn: Callable |
     """Build the margin explorer over ``runs`` (``mls_tutorial.runs.Run`` objects).
 
     MbLS runs (``config["loss"] == "mbls"``) form the sweep, keyed by ``loss_kwargs`` margin and
-    alpha (the first run of each key wins); the other runs are references (CE is drawn in the
-    histogram; all are horizontal lines on the sweep). ``example_index`` selects the test slice
+    alpha (the first run of each key wins); the other runs are references keyed by their label
+    (``registry.config_label``: ``CE`` and ``CE + TS`` are two; CE is drawn in the histogram;
+    all are horizontal lines on the sweep). ``example_index`` selects the test slice
     of ``Run.example``. ``train_fn(margin, alpha) -> Run`` enables train mode. Keyword options:
     ``summary`` ("all"/"mean"), ``class_names``, ``class_colors``, ``dpi``.
     """
@@ -126,7 +126,7 @@ class MarginExplorer(widgets.VBox):
             key = (DEFAULT_ALPHA if alpha is None else alpha, margin)
             store, label = self._sweep, key
         else:
-            store, label = self._refs, LOSS_LABELS.get(loss, loss)
+            store, label = self._refs, config_label({**run.config, "loss": loss})
         self.runs.append(run)
         if replace or label not in store:
             store[label] = run

@@ -105,16 +105,10 @@ def test_bad_option_values_are_argparse_errors(argv, message, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--loss", "ce", "--margin", "3", *SMALL], "--margin applies to --loss mbls"),
         (["train", "--data", "nope", "--device", "cpu"], "nope"),
         (["train", *SMALL, "--data-param", "sizee=3"], "sizee"),
-        (["train", *SMALL[:-3], "--device", "tpu", "--out", "/nonexistent/x"], "--device 'tpu'"),
         (["evaluate", "/nonexistent/run"], "not found"),
         (["report", "/nonexistent/root"], "not found"),
-        (["sweep", "--grid", "ls:gamma=1", *SMALL], "ls has no parameter 'gamma'"),
-        (["sweep", "--grid", "ce", "--losses", "ls", *SMALL], "either --grid or --losses"),
-        (["sweep", "--grid", "ls", "--alpha", "0.2", *SMALL], "set knobs in the grid"),
-        (["sweep", *SMALL, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "local pool"),
         (["sweep", *SMALL, "--scheduler-file", "/nonexistent/s.json"], "scheduler file not found"),
     ],
 )
@@ -122,6 +116,119 @@ def test_bad_values_found_later_exit_1_with_a_clear_message(argv, message, capsy
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "error" in err and message in err
+
+
+#: flags that do not apply, or values they cannot take: (argv, the one-line message's start)
+FLAG_ERRORS = [
+    (
+        ["train", "--loss", "ce", "--margin", "3"],
+        "--margin does not apply to --loss ce: ce has no knobs (margin is a knob of mbls, cals, "
+        "acls)",
+    ),
+    (
+        ["train", "--loss", "ce", "--alpha", "0.3"],
+        "--alpha does not apply to --loss ce: ce has no knobs (alpha is a knob of ls, mbls, "
+        "nacl, acls)",
+    ),
+    (
+        ["train", "--loss", "focal", "--alpha", "0.3"],
+        "--alpha does not apply to --loss focal: focal's knobs: gamma (default 3, [0, inf))",
+    ),
+    (["train", "--loss", "ls", "--alpha", "2"], "--alpha: ls alpha must be in [0, 1], got 2.0"),
+    (
+        ["train", "--loss", "focal", "--loss-param", "gama=2"],
+        "--loss-param gama=2: --loss focal has no parameter 'gama'; focal's knobs: gamma "
+        "(default 3, [0, inf)); other parameters: ignore_index, validate",
+    ),
+    (
+        ["sweep", "--losses", "focal", "--loss-param", "gama=2"],
+        "--loss-param gama=2: --losses focal has no parameter 'gama'; focal's knobs: gamma",
+    ),
+    (
+        ["sweep", "--losses", "ce", "ls", "--loss-param", "gamma=2"],
+        "--loss-param gamma=2: --losses ce ls has no parameter 'gamma'; ce has no knobs; other "
+        "parameters: ignore_index, validate; ls's knobs: alpha",
+    ),
+    (
+        ["train", "--loss", "focal", "--loss-param", "gamma=2", "--loss-param", "gamma=3"],
+        "--loss-param gamma=3: focal's gamma is given twice",
+    ),
+    (
+        ["train", "--loss", "svls", "--loss-param", "kernel_size=4"],
+        "--loss-param: kernel_size must be an odd int >= 3, got 4",
+    ),
+    (
+        ["sweep", "--grid", "mbls:margn=2,5"],
+        "--grid 'mbls:margn=2,5': mbls has no parameter 'margn'; mbls's knobs: margin (default "
+        "10, [0, inf)), alpha (default 0.1, [0, inf)); other parameters: fused, ignore_index",
+    ),
+    (["sweep", "--grid", "ls:gamma=1"], "--grid 'ls:gamma=1': ls has no parameter 'gamma'"),
+    (["sweep", "--grid", "mbls:margin="], "--grid 'mbls:margin=': expected KEY=V1,V2,..."),
+    (["sweep", "--grid", "mbls:margin=,"], "--grid 'mbls:margin=,': expected KEY=V1,V2,..."),
+    (["sweep", "--grid", "ls:alpha=0.1,"], "--grid 'ls:alpha=0.1,': '' is not a number"),
+    (["sweep", "--grid", "mbls:margin=-1,5"], "--grid 'mbls:margin=-1,5': mbls margin must be"),
+    (["sweep", "--grid", "ce", "--losses", "ls"], "give either --grid or --losses"),
+    (["sweep", "--grid", "ls", "--alpha", "0.2"], "with --grid, set knobs in the grid"),
+    (["sweep", "--losses", "ce", "ls", "--margins", "3"], "--margins sets MbLS's margin: add"),
+    (["sweep", "--losses", "ce", "--alpha", "0.2"], "--alpha does not apply to --losses ce:"),
+    (["demo", "--losses", "ce", "--margin", "3"], "--margin sets MbLS's margin: add mbls to"),
+    (["sweep", "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "--workers sizes the"),
+    (["train", "--device", "tpu"], "--device 'tpu' is not usable here"),
+]
+if not __import__("torch").cuda.is_available():
+    FLAG_ERRORS.append((["train", "--device", "cuda"], "--device 'cuda' is not usable here"))
+
+
+@pytest.mark.parametrize(("argv", "message"), FLAG_ERRORS)
+def test_a_flag_that_does_not_apply_is_a_one_line_error_before_anything_is_written(
+    argv, message, tmp_path, capsys
+):
+    out = tmp_path / "runs"
+    assert main([*argv, *SMALL[:-3], "--no-progress", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    command = argv[0]
+    assert captured.err.startswith(f"mls-tutorial {command}: error: {message}"), captured.err
+    assert captured.err.count("\n") == 1 and not captured.out
+    assert not out.exists()  # no run folder, no lock, nothing
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--iterations", "0"], "argument --iterations: expected a positive integer"),
+        (["train", "--iterations", "-5"], "argument --iterations: expected a positive integer"),
+        (["sweep", "--iterations", "-5"], "argument --iterations: expected a positive integer"),
+        (["train", "--lr", "nan"], "argument --lr: expected a finite number > 0"),
+        (["sweep", "--lr", "inf"], "argument --lr: expected a finite number > 0"),
+        (["sweep", "--grid"], "argument --grid: expected one argument"),
+        (["sweep", "--losses"], "argument --losses: expected at least one argument"),
+    ],
+)
+def test_bad_numbers_are_argparse_errors_naming_the_flag(argv, message, tmp_path, capsys):
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(out)])
+    assert exc.value.code == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_knob_flag_sets_the_knob_of_every_loss_that_has_it(tmp_path, capsys):
+    """ACLS's alpha and margin are knobs: --alpha/--margin set them (they were ignored)."""
+    from mls_tutorial.runs import find_runs, loss_defaults
+
+    out = tmp_path / "runs"
+    argv = ["train", "--loss", "acls", "--alpha", "0.3", "--margin", "6", "--out", str(out)]
+    assert main([*argv, *SMALL]) == 0
+    (run,) = find_runs(out)
+    assert run.config["loss_kwargs"] == {**loss_defaults("acls"), "alpha": 0.3, "margin": 6.0}
+    assert run.label == "ACLS a=0.3 m=6"
+    argv = ["sweep", "--losses", "ls", "acls", "ce", "--alpha", "0.2", "--out", str(out)]
+    assert main([*argv, "--loss-param", "ignore_index=-1", *SMALL, "--iterations", "1"]) == 0
+    kwargs = {r.config["loss"]: r.config["loss_kwargs"] for r in find_runs(out, iterations=1)}
+    assert kwargs["ls"]["alpha"] == kwargs["acls"]["alpha"] == 0.2  # where alpha is a knob
+    assert all(kw["ignore_index"] == -1 for kw in kwargs.values())  # a parameter of all three
+    assert kwargs["ce"] == {"ignore_index": -1, "validate": True}
 
 
 def test_sweep_writes_one_table_and_figures(swept):
@@ -169,9 +276,10 @@ def test_cli_loss_names_are_the_library_s():
     from mls_tutorial.cli import LOSSES
     from mls_tutorial.losses import LOSS_NAMES
 
-    assert set(LOSSES) == set(LOSS_NAMES)
+    assert LOSSES == LOSS_NAMES
 
 
+@pytest.mark.slow  # a pool of 2 processes
 def test_grid_sweep_with_workers_then_choose_on_validation(tmp_path, capsys):
     out = tmp_path / "grid"
     argv = ["sweep", "--grid", "ce", "--grid", "ls:alpha=0.05,0.3", "--grid", "mbls:margin=0"]

@@ -3,7 +3,7 @@
 Every notebook runs with its **default** parameters, as a learner opens it, with training
 forbidden (``MLS_TUTORIAL_NO_TRAIN=1``): the runs it reads come from the package's shipped runs
 (``mls-tutorial shipped``), so a default that needs an unshipped run fails here, naming it.
-Exercises that train new runs run on FAST parameters (``tests/notebook_parameters.py``) with
+Exercises that train new runs run on FAST parameters (``mls_tutorial/notebook_parameters.py``) with
 training allowed. Each run must write a ``metrics.json`` with finite numbers and the figures it
 lists; executed notebooks and their outputs are kept in ``test-artifacts/notebooks/`` so that a
 failing CI run can be read.

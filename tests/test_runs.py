@@ -76,6 +76,10 @@ def test_normalize_fills_defaults_and_keys_are_stable():
         ({"data": "nope"}, "data"),
         ({"data_params": {"sizee": 3}}, "data_params"),
         ({"select_metric": "val_accuracy"}, "select_metric"),
+        (
+            {"loss": "focal", "loss_kwargs": {"gama": 2}},
+            r"unknown loss_kwargs \['gama'\] for loss='focal'; its parameters: gamma, ignore_index",
+        ),
     ],
 )
 def test_bad_configs_raise(bad, match):

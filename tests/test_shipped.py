@@ -10,6 +10,7 @@ import pytest
 import torch
 from _tiny_runs import BASE
 
+from mls_tutorial import shipping
 from mls_tutorial.runs import (
     FIGURES,
     METRICS_FILE,
@@ -22,7 +23,6 @@ from mls_tutorial.runs import (
     normalize_config,
     run_name,
     shipped,
-    shipping,
 )
 from mls_tutorial.runs.course import READERS, course_configs
 
@@ -62,7 +62,7 @@ def test_rebuild_writes_a_manifest_with_hashes_versions_and_one_copy_of_the_weig
     for entry in (ce, ts):
         for name, info in entry["files"].items():
             path = store / man["set"] / entry["name"] / name
-            assert info["sha256"] == shipped._sha256(path) and info["bytes"] == path.stat().st_size
+            assert info["sha256"] == shipped.sha256(path) and info["bytes"] == path.stat().st_size
     assert not list((store / man["set"] / ce["name"]).glob("checkpoint.pt"))
     weights = torch.load(store / man["set"] / ce["name"] / WEIGHTS_FILE, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in weights.values())
@@ -128,13 +128,31 @@ def test_a_corrupt_shipped_file_names_itself_and_the_rebuild(store, tmp_path, mo
     good = target.read_text()
     target.write_text(good.replace('"dice"', '"dice" ', 1))
     monkeypatch.setenv(shipped.STORE_ENV, str(bad))
-    with pytest.raises(shipped.ShippedRunError, match=r"metrics\.json.*--rebuild"):
+    with pytest.raises(shipped.ShippedRunError, match=r"metrics\.json.*--no-shipped.*--rebuild"):
         load_or_train(CE, tmp_path / "runs", log=None, **_quiet())
     assert not (tmp_path / "runs" / run_name(CE)).exists()  # nothing half-copied
     target.write_text(good)
     (bad / man["set"] / run_name(CE) / WEIGHTS_FILE).unlink()
-    with pytest.raises(shipped.ShippedRunError, match="missing"):
+    with pytest.raises(shipped.ShippedRunError, match="missing.*--no-shipped.*--rebuild"):
         load_or_train(CE, tmp_path / "runs", log=None, **_quiet())
+    run = load_or_train(CE, tmp_path / "runs", use_shipped=False, log=None, **_quiet())
+    assert not (run.path / SHIPPED_FILE).exists()  # what the message suggests works
+
+
+def test_an_unreadable_manifest_stops_only_the_shipped_configs(store, tmp_path, monkeypatch):
+    bad = tmp_path / "store"
+    shutil.copytree(store, bad)
+    (bad / shipped.MANIFEST).write_text('{"runs": [')  # truncated
+    monkeypatch.setenv(shipped.STORE_ENV, str(bad))
+    other = {**CE, "seed": 5}  # not shipped: trains, with a warning naming the manifest
+    with pytest.warns(UserWarning, match=r"manifest\.json is unreadable.*ce-mna-s5-.* is trained"):
+        run = load_or_train(other, tmp_path / "runs", log=None, **_quiet())
+    assert (run.path / METRICS_FILE).is_file() and not (run.path / SHIPPED_FILE).exists()
+    with pytest.raises(
+        shipped.ShippedRunError, match=r"manifest\.json is unreadable.*--no-shipped"
+    ):
+        load_or_train(CE, tmp_path / "runs", log=None, **_quiet())  # shipped: its files unproven
+    assert not (tmp_path / "runs" / run_name(CE)).exists()
 
 
 def test_no_train_forbids_training_and_names_the_run(use_store, tmp_path, monkeypatch):
@@ -179,6 +197,52 @@ def test_the_cli_lists_and_verifies(use_store, capsys):
     assert run_name(CE) in out and "2 runs" in out
     assert main(["shipped", "--verify", "1", "--seed", "0", "--no-progress"]) == 0
     assert "within the tolerance" in capsys.readouterr().out
+    assert main(["shipped", "--name", run_name(CE)]) == 2  # no silent retrain
+    err = capsys.readouterr().err
+    assert err.startswith("mls-tutorial shipped: error: --name chooses the runs --verify retrains")
+    assert err.count("\n") == 1
+
+
+#: the verification, with training replaced by a wait (a window to send the signal in)
+_VERIFY_SLOWLY = """
+import pathlib, sys, time
+import mls_tutorial.runs.orchestration as orchestration
+from mls_tutorial.cli import main
+
+def wait(config, root, **kwargs):
+    (pathlib.Path(root) / "training").write_text("now")
+    time.sleep(600)
+
+orchestration.load_or_train = wait
+sys.exit(main(["shipped", "--verify", "1", "--no-progress", "--device", "cpu"]))
+"""
+
+
+def test_sigterm_during_verify_removes_its_temporary_folder(use_store, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), shipped.STORE_ENV: str(use_store)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _VERIFY_SLOWLY], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        t0 = time.monotonic()
+        while not list(tmp.glob("mls-verify-*/training")):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() - t0 < 120, "the verification never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert "terminated: removing the temporary run folder" in proc.stderr.read()
+    assert list(tmp.iterdir()) == []
 
 
 # ------------------------------------------------------------------- the package's shipped set
@@ -204,7 +268,7 @@ def test_the_shipped_set_is_exactly_what_the_course_reads_and_fits_the_budget():
     for entry in man["runs"]:
         for name, info in entry["files"].items():
             path = shipped.DEFAULT_STORE / man["set"] / entry["name"] / name
-            assert shipped._sha256(path) == info["sha256"], path
+            assert shipped.sha256(path) == info["sha256"], path
             total += path.stat().st_size
     assert total <= shipped.SIZE_BUDGET, total
 
@@ -214,6 +278,6 @@ def test_the_demo_reads_shipped_runs():
 
     args = cli.build_parser().parse_args(["demo"])
     cli._resolve(args, cli.DEMO_DEFAULTS)
-    demo = {run_name(c) for c in cli._grid(args, args.losses, [args.margin], [args.seed])}
+    demo = {run_name(c) for c in cli._demo_configs(args)}
     assert demo == {run_name(c) for c in READERS["demo"]}
     assert all(shipped.find(normalize_config(c), shipped.DEFAULT_STORE) for c in READERS["demo"])

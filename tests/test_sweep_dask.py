@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a Dask cluster of worker processes
 distributed = pytest.importorskip("distributed")
 cloudpickle = pytest.importorskip("cloudpickle")
 
@@ -62,13 +63,14 @@ def client(cluster):
 
 
 def _counted(path: str, fn, config, *args, **kwargs):
-    """Runs on the worker: one line before and one after each attempt at a task."""
+    """Runs on the worker: one line before and one after each attempt at a task; the second
+    says whether the attempt trained or loaded the finished run."""
     name = run_name(config)
     with open(path, "a") as f:  # O_APPEND: whole lines, even from several processes
         f.write(f"start {name}\n")
     result = fn(config, *args, **kwargs)
     with open(path, "a") as f:
-        f.write(f"end {name}\n")
+        f.write(f"end {name} {'loaded' if result['cached'] else 'trained'}\n")
     return result
 
 
@@ -173,8 +175,21 @@ def _lock_holder(lock: Path) -> int | None:
     return None
 
 
+def _files(folder: Path) -> dict[str, int]:
+    """Every file of a run folder, with its modification time (ns)."""
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir()) if p.is_file()}
+
+
 @pytest.mark.skipif(not Path("/proc/locks").is_file(), reason="needs Linux /proc/locks")
 def test_a_killed_worker_loses_nothing_and_trains_nothing_twice(client, tmp_path):
+    """The guarantee: a re-run of a finished task loads, never trains.
+
+    When a worker dies, Dask recomputes every result that lived only in its memory, finished
+    tasks included (the sweep still holds their futures), so how often a task *starts* depends
+    on where results sat when the kill landed. What must not vary: each run trained to its end
+    once (the killed one resuming from its checkpoint), every other attempt loaded the finished
+    folder without writing to it, and every iteration is in the history exactly once.
+    """
     iterations = 400  # about 3 s a run; a checkpoint every 30 iterations
     configs = [
         cfg("ls", iterations=iterations, val_every=30, loss_kwargs={"alpha": x})
@@ -196,7 +211,7 @@ def test_a_killed_worker_loses_nothing_and_trains_nothing_twice(client, tmp_path
             for name in running if done else []:
                 pid = _lock_holder(root / LOCK_DIR / f"{name}.lock")
                 if pid in pids:
-                    finished = {n: (root / n / METRICS_FILE).stat().st_mtime_ns for n in done}
+                    finished = {n: _files(root / n) for n in done}
                     os.kill(pid, signal.SIGKILL)
                     victim = name
                     break
@@ -204,11 +219,11 @@ def test_a_killed_worker_loses_nothing_and_trains_nothing_twice(client, tmp_path
         runs = sweep.result(timeout=300)
     assert [r.name for r in runs] == names and all((r.path / METRICS_FILE).is_file() for r in runs)
     counts = counting.counts()
-    for name in names:  # each task started once, the killed one twice; each finished once
-        assert counts.get(f"start {name}") == (2 if name == victim else 1), counts
-        assert counts.get(f"end {name}") == 1, counts
-    for name, mtime in finished.items():  # finished before the kill: never touched again
-        assert (root / name / METRICS_FILE).stat().st_mtime_ns == mtime
+    for name in names:  # trained to its end once; any other attempt that ended loaded it
+        assert counts.get(f"end {name} trained") == 1, counts
+    assert counts.get(f"start {victim}", 0) >= 2, counts  # killed, then resumed elsewhere
+    for name, files in finished.items():  # finished before the kill: not one file touched
+        assert _files(root / name) == files, name
     resumed = [line for line in log if line.startswith("[train]") and victim in line]
     assert resumed and resumed[-1].endswith("(resuming from checkpoint)"), log
     for run in runs:  # every iteration trained exactly once, the victim's included

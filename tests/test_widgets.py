@@ -292,3 +292,23 @@ def test_run_folder_figures_are_drawn(sweep):
     }
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
     assert re.match(r"mbls-m5-", run.path.name)
+
+
+def test_ce_and_ce_with_temperature_scaling_are_two_references(sweep, tmp_path):
+    """References are keyed by their label (registry.config_label), not by the loss name."""
+    runs = find_runs(sweep[0])
+    ce = next(r for r in runs if r.config["loss"] == "ce")
+    ts = dataclasses.replace(
+        ce,
+        config={**ce.config, "temperature_scaling": True},
+        metrics={**ce.metrics, "ece": ce.metrics["ece"] / 2},
+    )
+    ls3 = dataclasses.replace(
+        next(r for r in runs if r.config["loss"] == "ls"),
+        config={**ce.config, "loss": "ls", "loss_kwargs": {"alpha": 0.3}},
+    )
+    box = margin_explorer([*runs, ts, ls3])
+    assert set(box._refs) == {"CE", "CE + TS", "LS", "LS a=0.3"}
+    assert box._refs["CE"] is ce and box._refs["CE + TS"] is ts
+    lines = {ln.get_label() for ax in box.panels["sweep"].axes for ln in ax.lines}
+    assert {"CE ECE", "CE + TS ECE", "LS a=0.3 ECE"} <= lines, lines

@@ -10,7 +10,8 @@ precision logits are upcast to float32 and autocast is switched off inside the l
 
 Names for :func:`build_loss`: ``ce``, ``ce_dice``, ``focal``, ``ls``, ``ecp``, ``svls``, ``mbls``,
 ``nacl``, and the newer ``cals`` (class-adaptive multipliers), ``acls``, ``mdca``, ``hl1ace``,
-``sl1ace`` (``LOSS_NAMES``). Every loss builds with no argument. MONAI is imported only by
+``sl1ace`` (``LOSS_NAMES``, from ``mls_tutorial.registry``: labels, knobs, their defaults and
+ranges, families). Every loss builds with no argument. MONAI is imported only by
 ``DiceCELoss``, ``NACLLoss`` and the L1-ACE losses (their Dice term).
 
 A loss with state that validation updates (``CALSLoss``) implements :class:`AdaptiveLoss`;
@@ -25,6 +26,8 @@ Speed against plain CE: ``docs/benchmarks.md``.
 from __future__ import annotations
 
 from torch import nn
+
+from mls_tutorial.registry import LOSS_NAMES, spec
 
 from ._base import PixelLoss
 from .acls import ACLSLoss
@@ -75,7 +78,6 @@ _LOSSES: dict[str, type[PixelLoss]] = {
     "hl1ace": HardL1ACELoss,
     "sl1ace": SoftL1ACELoss,
 }
-LOSS_NAMES: tuple[str, ...] = tuple(_LOSSES)
 
 
 def build_loss(name: str, **kwargs) -> nn.Module:
@@ -84,10 +86,4 @@ def build_loss(name: str, **kwargs) -> nn.Module:
     >>> build_loss("mbls", margin=5.0)
     MarginLoss(margin=5.0, alpha=0.1, ignore_index=-100)
     """
-    try:
-        cls = _LOSSES[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown loss name {name!r}; valid names: {', '.join(LOSS_NAMES)}"
-        ) from None
-    return cls(**kwargs)
+    return _LOSSES[spec(name).name](**kwargs)

@@ -4,19 +4,20 @@ A run is keyed by its config (``run_key``: a hash of the normalised config) and 
 ``<root>/<loss>-m<margin>-s<seed>-<key8>/``. One idea per module:
 
 - ``config``: the config keys and defaults, ``normalize_config``, ``run_key``, ``run_name``,
-  ``run_label``;
+  ``run_label``, ``get_data`` (the config's dataset, cached per process by ``data.cache``);
 - ``folder``: what a run folder holds, ``Run``, ``load_run``, ``find_runs``, the folder lock;
 - ``orchestration``: ``load_or_train`` (cached, shipped, resumed or trained), evaluation;
 - ``shipped``: the course's runs shipped as package data, found by config;
-- ``shipping``: ``mls-tutorial shipped --rebuild`` and ``--verify``;
 - ``course``: the configs the course reads with its default parameters;
 - ``figures``: each run's figures.
 """
 
+from mls_tutorial.files import write_json  # re-exported: results.py reads it from here
 from mls_tutorial.runs.config import (
     DEFAULT_CONFIG,
     KNOB_SYMBOLS,
     KNOBS,
+    get_data,
     loss_defaults,
     normalize_config,
     run_key,
@@ -41,10 +42,8 @@ from mls_tutorial.runs.orchestration import (
     NO_TRAIN_ENV,
     VAL_KEYS,
     TrainingForbidden,
-    get_data,
     load_or_train,
 )
-from mls_tutorial.train.checkpoint import write_json
 
 __all__ = [
     "CONFIG_FILE",

@@ -15,6 +15,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from mls_tutorial.registry import LOSS_NAMES, LOSSES, config_label
+
 #: Every config key and its default (the demo's over-confident setting on the bundled data).
 DEFAULT_CONFIG: dict[str, Any] = {
     "data": "mni",
@@ -75,7 +77,6 @@ def _with_defaults(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str,
 
 def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults (config, dataset and loss keyword defaults) and check every value."""
-    from mls_tutorial.losses import LOSS_NAMES
     from mls_tutorial.models import PRESETS
 
     unknown = sorted(set(config) - set(DEFAULT_CONFIG))
@@ -116,11 +117,26 @@ def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
     if bad:
         raise ValueError(f"unknown data_params {bad} for data={cfg['data']!r}")
     cfg["data_params"] = _with_defaults(data_defaults, cfg["data_params"])
-    cfg["loss_kwargs"] = _with_defaults(loss_defaults(cfg["loss"]), cfg["loss_kwargs"])
+    defaults = loss_defaults(cfg["loss"])
+    bad = sorted(set(cfg["loss_kwargs"]) - set(defaults))
+    if bad:
+        raise ValueError(
+            f"unknown loss_kwargs {bad} for loss={cfg['loss']!r}; its parameters: "
+            f"{', '.join(sorted(defaults))}"
+        )
+    cfg["loss_kwargs"] = _with_defaults(defaults, cfg["loss_kwargs"])
     cfg["lr"] = float(cfg["lr"])
     cfg["amp"] = bool(cfg["amp"])
     cfg["temperature_scaling"] = bool(cfg["temperature_scaling"])
     return _json_normal(cfg)
+
+
+def get_data(config: dict[str, Any]):
+    """The config's ``DataBundle``, built once per process (``data.cache``: a sweep shares it)."""
+    from mls_tutorial.data.cache import cached_data
+
+    cfg = normalize_config(config)
+    return cached_data(cfg["data"], cfg["data_params"])
 
 
 def run_key(config: dict[str, Any]) -> str:
@@ -138,56 +154,12 @@ def run_name(config: dict[str, Any]) -> str:
     return f"{loss}-m{m}-s{cfg['seed']}-{run_key(cfg)[:8]}"
 
 
-#: each loss's knobs (what a sweep varies and a label shows when it is not the default)
-KNOBS: dict[str, tuple[str, ...]] = {
-    "focal": ("gamma",),
-    "ls": ("alpha",),
-    "ecp": ("beta",),
-    "svls": ("sigma",),
-    "nacl": ("alpha",),
-    "mbls": ("margin", "alpha"),
-    "cals": ("margin",),
-    "acls": ("alpha", "margin"),
-    "mdca": ("beta",),
-    "hl1ace": ("ace_weight",),
-    "sl1ace": ("ace_weight",),
-}
-KNOB_SYMBOLS = {
-    "alpha": "a",
-    "beta": "b",
-    "gamma": "g",
-    "sigma": "s",
-    "margin": "m",
-    "ace_weight": "w",
-}
+#: each loss's knobs and their label symbols (from ``mls_tutorial.registry``)
+KNOBS: dict[str, tuple[str, ...]] = {s.name: s.knob_names for s in LOSSES if s.knobs}
+KNOB_SYMBOLS = {k.name: k.symbol for s in LOSSES for k in s.knobs}
 
 
 def run_label(config: dict[str, Any]) -> str:
     """A short label: ``CE``, ``MbLS m=5``, ``CE + TS``, ``LS a=0.3`` (knobs shown when they
-    differ from the loss's default; the margin always)."""
-    cfg = normalize_config(config)
-    names = {
-        "ce": "CE",
-        "ce_dice": "CE+Dice",
-        "focal": "FL",
-        "ls": "LS",
-        "ecp": "ECP",
-        "svls": "SVLS",
-        "mbls": "MbLS",
-        "nacl": "NACL",
-        "cals": "CALS",
-        "acls": "ACLS",
-        "mdca": "MDCA",
-        "hl1ace": "hL1-ACE",
-        "sl1ace": "sL1-ACE",
-    }
-    label = names.get(cfg["loss"], cfg["loss"])
-    kwargs, defaults = cfg["loss_kwargs"], loss_defaults(cfg["loss"])
-    if cfg["loss"] == "mbls":
-        label += f" m={float(kwargs.get('margin', 10.0)):g}"
-    for key in KNOBS.get(cfg["loss"], ()):
-        if (cfg["loss"], key) != ("mbls", "margin") and kwargs.get(key) != defaults.get(key):
-            label += f" {KNOB_SYMBOLS.get(key, key)}={kwargs[key]:g}"
-    if cfg["temperature_scaling"]:
-        label += " + TS"
-    return label
+    differ from the loss's default; the margin always): ``registry.config_label``."""
+    return config_label(normalize_config(config))

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from mls_tutorial.runs.config import run_key, run_label
-from mls_tutorial.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, read_json, write_json
+from mls_tutorial.files import read_json, write_json
+from mls_tutorial.runs.config import get_data, run_key, run_label
+from mls_tutorial.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 CONFIG_FILE, HISTORY_FILE, METRICS_FILE, EXAMPLE_FILE, WEIGHTS_FILE, SHIPPED_FILE = (
     "config.json",
@@ -88,8 +89,6 @@ class Run:
             raise ValueError(f"which must be 'best' or 'last', got {which!r}")
         info = self.metrics.get("data") or {}
         if "in_channels" not in info:  # an unfinished run: ask the dataset
-            from mls_tutorial.runs.orchestration import get_data
-
             data = get_data(self.config)
             info = {"in_channels": data.in_channels, "num_classes": data.num_classes}
         model = build_unet(

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from mls_tutorial.files import atomic_write, write_json
 from mls_tutorial.runs import shipped
-from mls_tutorial.runs.config import normalize_config, run_label, run_name
+from mls_tutorial.runs.config import get_data, normalize_config, run_label, run_name
 from mls_tutorial.runs.figures import save_figures
 from mls_tutorial.runs.folder import (
     EXAMPLE_FILE,
@@ -35,7 +36,7 @@ from mls_tutorial.runs.folder import (
     move_aside,
     run_lock,
 )
-from mls_tutorial.train.checkpoint import CHECKPOINT_NAME, save_checkpoint, write_json
+from mls_tutorial.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
 
 #: set to 1 to make load_or_train raise instead of training (CI's notebook tests)
 NO_TRAIN_ENV = "MLS_TUTORIAL_NO_TRAIN"
@@ -43,21 +44,6 @@ NO_TRAIN_ENV = "MLS_TUTORIAL_NO_TRAIN"
 
 class TrainingForbidden(RuntimeError):
     """``load_or_train`` would have to train, and ``MLS_TUTORIAL_NO_TRAIN`` forbids it."""
-
-
-_DATA_CACHE: dict[str, Any] = {}
-
-
-def get_data(config: dict[str, Any]):
-    """The config's ``DataBundle``, built once per process (a sweep shares it)."""
-    from mls_tutorial.data import build_data
-
-    cfg = normalize_config(config)
-    key = json.dumps([cfg["data"], cfg["data_params"]], sort_keys=True)
-    if key not in _DATA_CACHE:
-        _DATA_CACHE.clear()
-        _DATA_CACHE[key] = build_data(cfg["data"], **cfg["data_params"])
-    return _DATA_CACHE[key]
 
 
 def load_or_train(
@@ -281,7 +267,6 @@ def _write_example(path: Path, model, data, temperature, device, amp) -> None:
     import torch
 
     from mls_tutorial.device import pick_device
-    from mls_tutorial.train.checkpoint import atomic_write
     from mls_tutorial.train.evaluation import predict_logits
 
     vol = data.test[0]

@@ -8,9 +8,8 @@ every run (key, config, sha256 and size of each file, Dice/ECE, threads and seco
 set was made (versions, device, date, command). ``load_or_train`` copies a shipped run whose
 normalised config equals the requested one into the run root (``find``, ``copy_into``).
 
-``rebuild`` trains ``course_configs()`` from scratch in a temporary root, writes a new set
-folder, then switches the manifest with one atomic rename: interrupted anywhere, the previous
-set stays whole. ``verify`` retrains shipped runs and compares them with what was shipped.
+Making and proving the set (``rebuild``, ``verify``: training) is ``mls_tutorial.shipping``, a
+layer above: this module knows nothing of training.
 """
 
 from __future__ import annotations
@@ -21,11 +20,13 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mls_tutorial.runs.config import normalize_config, run_key
+from mls_tutorial.files import write_json
+from mls_tutorial.runs.config import normalize_config, run_key, run_name
 from mls_tutorial.runs.folder import (
     CONFIG_FILE,
     EXAMPLE_FILE,
@@ -35,7 +36,6 @@ from mls_tutorial.runs.folder import (
     WEIGHTS_FILE,
     move_aside,
 )
-from mls_tutorial.train.checkpoint import write_json
 
 #: where the shipped runs live; the environment variable points elsewhere (tests, a mirror)
 STORE_ENV = "MLS_TUTORIAL_SHIPPED_DIR"
@@ -44,6 +44,11 @@ MANIFEST = "manifest.json"
 FILES = (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, EXAMPLE_FILE, WEIGHTS_FILE)
 SIZE_BUDGET = 15_000_000  # bytes, every shipped file together
 REBUILD = "mls-tutorial shipped --rebuild"
+#: what a user can do about a broken store: train here instead (seconds to minutes a run), or
+#: rebuild the whole set (every run the course reads: tens of minutes)
+REMEDY = (
+    f"train it here instead with --no-shipped (use_shipped=False), or rebuild the set: {REBUILD}"
+)
 #: the numbers a verification compares (test set, then the validation numbers)
 COMPARED = ("dice", "hd95", "ece", "cece", "ece_all", "gap", "nll", "brier", "tce")
 
@@ -69,20 +74,32 @@ def _read_manifest(path: str, _mtime: int) -> dict[str, Any]:
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ShippedRunError(f"{path} is unreadable ({exc}); rebuild it: {REBUILD}") from exc
+        raise ShippedRunError(f"{path} is unreadable ({exc}); {REMEDY}") from exc
 
 
 def find(config: dict[str, Any], root: Path | None = None) -> dict[str, Any] | None:
-    """The manifest entry whose normalised config equals ``config``'s, else None."""
+    """The manifest entry whose normalised config equals ``config``'s, else None.
+
+    An unreadable manifest stops only the configs the store holds a folder for (their files
+    cannot be checked): ``ShippedRunError``; for any other config it warns and returns None.
+    """
     cfg = normalize_config(config)
     key = run_key(cfg)
-    for entry in manifest(root)["runs"]:
+    try:
+        man = manifest(root)
+    except ShippedRunError as exc:
+        if any((root or store()).glob(f"set-*/{run_name(cfg)}")):
+            raise
+        warnings.warn(f"{exc} (not a shipped run: {run_name(cfg)} is trained)", stacklevel=2)
+        return None
+    for entry in man["runs"]:
         if entry["key"] == key and entry["config"] == cfg:
             return entry
     return None
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """The file's SHA-256, hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -98,18 +115,19 @@ def _source_files(entry: dict[str, Any], root: Path) -> dict[str, Path]:
     if entry.get("weights_of"):
         sources[WEIGHTS_FILE] = root / man["set"] / entry["weights_of"] / WEIGHTS_FILE
     for name, path in sources.items():
-        want = entry["files"].get(name) or _entry(man, entry["weights_of"])["files"][name]
+        want = entry["files"].get(name) or entry_named(man, entry["weights_of"])["files"][name]
         if not path.is_file():
-            raise ShippedRunError(f"shipped file missing: {path}; rebuild the set: {REBUILD}")
-        if _sha256(path) != want["sha256"]:
+            raise ShippedRunError(f"shipped file missing: {path}; {REMEDY}")
+        if sha256(path) != want["sha256"]:
             raise ShippedRunError(
                 f"shipped file {path} does not match its sha256 in {root / MANIFEST}: "
-                f"corrupt or edited; rebuild the set: {REBUILD}"
+                f"corrupt or edited; {REMEDY}"
             )
     return sources
 
 
-def _entry(man: dict[str, Any], name: str) -> dict[str, Any]:
+def entry_named(man: dict[str, Any], name: str) -> dict[str, Any]:
+    """The manifest ``man``'s entry for the run ``name``."""
     return next(e for e in man["runs"] if e["name"] == name)
 
 

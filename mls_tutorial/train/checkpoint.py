@@ -1,41 +1,37 @@
-"""Atomic files: a checkpoint or JSON document is written to a temp file then ``os.replace``-d.
+"""Checkpoints: written atomically (``mls_tutorial.files``: a temp file, then ``os.replace``),
+so a reader sees the old complete file or the new one, never a torn one. Checkpoints hold only
+tensors and primitive containers, so they load with ``torch.load(..., weights_only=True)`` (no
+arbitrary code runs on load); ``rng_state`` puts every RNG in that form.
 
-A reader therefore sees the old complete file or the new complete file, never a torn one, even
-if the process dies mid-write. Checkpoints hold only tensors and primitive containers, so they
-load with ``torch.load(..., weights_only=True)`` (no arbitrary code runs on load).
+``atomic_write``, ``write_json`` and ``read_json`` live in ``mls_tutorial.files`` (re-exported
+here for older imports).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mls_tutorial.files import atomic_write, read_json, write_json
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "atomic_write",
+    "finite_or_none",
+    "load_checkpoint",
+    "read_json",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "write_json",
+]
+
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(binary_file)`` on a temp file next to ``path``, fsync, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode honours the umask
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -54,34 +50,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(
             f"checkpoint {path} is corrupt or not a weights-only checkpoint: {exc}"
         ) from exc
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray | torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
-
-
-def write_json(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` as indented JSON atomically (NaN is written as ``NaN``, as Python reads it)."""
-    text = json.dumps(obj, indent=2, default=_json_default)
-    atomic_write(Path(path), lambda f: f.write(text.encode("utf-8")))
-
-
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
 
 
 # RNG state, in weights-only-loadable form -----------------------------------------------------

@@ -2,8 +2,8 @@
 
 Papermill injects them after each notebook's ``parameters`` cell; ``output_dir`` and ``runs_dir``
 are added by the caller. Sizes chosen so that the whole notebook suite runs in a few minutes on
-2 CPU cores; short runs do NOT reach the over-confident regime. Plain data only (no pytest), so
-that scripts outside the test suite can import it.
+2 CPU cores; short runs do NOT reach the over-confident regime. Plain data, no imports: the
+docs build and the tests read it from here (neither depends on the other).
 """
 
 from __future__ import annotations

@@ -9,19 +9,44 @@ and compares Dice, ECE and every other headline number with what was shipped.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import platform
 import random
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mls_tutorial.files import read_json, write_json
 from mls_tutorial.runs import shipped
 from mls_tutorial.runs.folder import WEIGHTS_FILE, Run
-from mls_tutorial.train.checkpoint import write_json
+from mls_tutorial.runs.orchestration import load_or_train
+from mls_tutorial.sweep import train_configs
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While inside, SIGTERM raises ``SystemExit(143)`` (as Ctrl-C raises KeyboardInterrupt), so
+    the ``with`` blocks around it remove their temporary folders. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum, _frame):
+        print("terminated: removing the temporary run folder", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _made(seconds: float, runs: Sequence[Run]) -> dict[str, Any]:
@@ -66,7 +91,7 @@ def _write_set(runs: Sequence[Run], folder: Path) -> list[dict[str, Any]]:
     """Copy each run's shipped files into ``folder/<name>/``; the manifest entries."""
     entries, weights = [], {}
     for run in runs:
-        sha = shipped._sha256(run.path / WEIGHTS_FILE)
+        sha = shipped.sha256(run.path / WEIGHTS_FILE)
         weights_of = weights.get(sha) if run.config["temperature_scaling"] else None
         weights.setdefault(sha, run.name)
         (folder / run.name).mkdir(parents=True)
@@ -76,7 +101,7 @@ def _write_set(runs: Sequence[Run], folder: Path) -> list[dict[str, Any]]:
                 continue  # the base run's weights: no second copy
             shutil.copyfile(run.path / name, folder / run.name / name)
             files[name] = {
-                "sha256": shipped._sha256(run.path / name),
+                "sha256": shipped.sha256(run.path / name),
                 "bytes": (run.path / name).stat().st_size,
             }
         entries.append(_entry(run, files, weights_of))
@@ -93,14 +118,13 @@ def rebuild(
 ) -> Path:
     """Train ``configs`` (default: every run the course reads) from scratch and ship them."""
     from mls_tutorial.runs.course import course_configs
-    from mls_tutorial.sweep import train_configs
 
     say = log or (lambda _msg: None)
     configs = list(configs) if configs is not None else course_configs()
     root = shipped.store()
     root.mkdir(parents=True, exist_ok=True)
     set_name = "set-" + time.strftime("%Y%m%d-%H%M%S")
-    with tempfile.TemporaryDirectory(prefix="mls-shipped-") as tmp:
+    with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="mls-shipped-") as tmp:
         t0 = time.perf_counter()
         runs = train_configs(
             configs, tmp, workers=workers, device=device, progress=progress, log=log,
@@ -155,15 +179,15 @@ def verify(
     log: Callable[[str], None] | None = print,
 ) -> list[dict[str, Any]]:
     """Retrain ``n`` random shipped runs (or ``names``); per run the shipped and retrained
-    numbers, ``max_abs_diff`` over ``shipped.COMPARED`` and whether the weights are bitwise equal."""
+    numbers, ``max_abs_diff`` over ``shipped.COMPARED`` and whether the weights are bitwise equal.
+    The runs are retrained in a temporary folder, removed at the end, on an error, on Ctrl-C
+    and on SIGTERM."""
     import torch
-
-    from mls_tutorial.runs.orchestration import load_or_train
 
     man = shipped.manifest()
     chosen = _pick(man["runs"], n, names, seed)
     results = []
-    with tempfile.TemporaryDirectory(prefix="mls-verify-") as tmp:
+    with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="mls-verify-") as tmp:
         for entry in chosen:
             threads = torch.get_num_threads()
             torch.set_num_threads(int(entry.get("threads") or threads))
@@ -181,8 +205,6 @@ def verify(
 
 def _compare(entry: dict, run: Run, man: dict, seconds: float) -> dict[str, Any]:
     path = Path(shipped.store()) / man["set"] / entry["name"] / "metrics.json"
-    from mls_tutorial.train.checkpoint import read_json
-
     was = read_json(path)
     diffs = {
         k: abs(run.metrics[k] - was[k])
@@ -191,7 +213,7 @@ def _compare(entry: dict, run: Run, man: dict, seconds: float) -> dict[str, Any]
     }
     weights = (
         entry["files"].get(WEIGHTS_FILE)
-        or shipped._entry(man, entry["weights_of"])["files"][WEIGHTS_FILE]
+        or shipped.entry_named(man, entry["weights_of"])["files"][WEIGHTS_FILE]
     )
     return {
         "name": entry["name"],
@@ -201,7 +223,7 @@ def _compare(entry: dict, run: Run, man: dict, seconds: float) -> dict[str, Any]
         **{f"retrained_{k}": run.metrics[k] for k in ("dice", "ece", "gap")},
         "max_abs_diff": max(diffs.values()),
         "max_abs_diff_key": max(diffs, key=diffs.get),
-        "bitwise_equal_weights": shipped._sha256(run.path / WEIGHTS_FILE) == weights["sha256"],
+        "bitwise_equal_weights": shipped.sha256(run.path / WEIGHTS_FILE) == weights["sha256"],
     }
 
 
