@@ -767,16 +767,20 @@ def cmd_score(args) -> int:
     from mls_tutorial.score import score_folder
     from mls_tutorial.score.layouts import parse_case_ids
 
-    metrics = score_folder(
-        args.pred,
-        args.labels,
-        args.out,
-        val_cases=parse_case_ids(args.val_cases),
-        class_names=args.classes,
-        background=args.background,
-        allow_missing=args.allow_missing,
-        progress=not args.no_progress,
-    )
+    try:
+        metrics = score_folder(
+            args.pred,
+            args.labels,
+            args.out,
+            val_cases=parse_case_ids(args.val_cases),
+            class_names=args.classes,
+            background=args.background,
+            allow_missing=args.allow_missing,
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:
+        print(f"score interrupted: {args.out} is left as it was", file=sys.stderr)
+        return 130
     print(metrics["summary"])
     print(f"written to {args.out}: metrics.json, cases.csv, summary.md, figures")
     return 0

@@ -30,6 +30,7 @@ from mls_tutorial.score import (
     score_cases,
     score_folder,
 )
+from mls_tutorial.score.output import MANIFEST
 from mls_tutorial.train import optimal_temperature
 
 SHAPE = (14, 11, 9)  # X, Y, Z: all different
@@ -244,9 +245,8 @@ def test_the_three_layouts_give_identical_metrics(tmp_path):
         for key in keys:
             assert m[key] == direct[key], (layout, key)
         assert m["per_volume"][0]["hd95_per_class"] == direct["per_volume"][0]["hd95_per_class"]
-        assert sorted(p.name for p in (tmp_path / f"out_{layout}").iterdir()) == sorted(
-            OUTPUT_FILES
-        )
+        written = sorted(p.name for p in (tmp_path / f"out_{layout}").iterdir())
+        assert written == sorted([*OUTPUT_FILES, MANIFEST])
 
 
 def test_validation_cases_fit_t_and_are_never_reported(tmp_path):

@@ -3,17 +3,15 @@
 ``OUT`` gets ``metrics.json`` (the keys of a run's, plus ``score`` and, with validation cases,
 ``temperature_scaled`` and ``temperature_fit``), ``cases.csv`` (one row per reported case),
 ``reliability.png``, ``classwise_reliability.png``, ``logit_distances.png`` and ``summary.md``.
-Everything is written into a temporary sibling folder first and moved into place at the end,
-so a failed run leaves no half-written output (and an earlier ``score`` output stays whole).
+Everything is written into a hidden staging folder first and moved into place at the end
+(``output``): only the files an earlier ``score`` wrote are replaced, the user's files are kept,
+and a failed or interrupted run leaves ``OUT`` as it was.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from mls_tutorial.score.layouts import (
     read_dataset_json,
     split_cases,
 )
+from mls_tutorial.score.output import discard, previous_outputs, publish, stage_folder
 from mls_tutorial.score.summary import summary_text
 
 OUTPUT_FILES = (
@@ -36,37 +35,6 @@ OUTPUT_FILES = (
     "logit_distances.png",
     "summary.md",
 )
-
-
-def _check_out(out: Path) -> None:
-    """OUT must be new, empty, or an earlier ``score`` output (which is then replaced)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ScoreInputError(f"--out {out} exists and is not a folder")
-    if any(out.iterdir()) and not _is_score_output(out):
-        raise ScoreInputError(
-            f"--out {out} is a non-empty folder that no earlier `score` wrote: choose a new or "
-            "empty folder (score replaces only its own output)"
-        )
-
-
-def _is_score_output(out: Path) -> bool:
-    try:
-        return "score" in json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out`` (an earlier output is replaced whole)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _class_names(given, info):
@@ -117,10 +85,9 @@ def score_folder(
     """
     from mls_tutorial import report
     from mls_tutorial.train import write_json
-    from mls_tutorial.train.checkpoint import atomic_write
 
-    out = Path(out)
-    _check_out(out)
+    out = Path(out).resolve()  # `--out .` names the current folder
+    previous = previous_outputs(out, OUTPUT_FILES)
     info = read_dataset_json(pred)
     if info.regions is not None:
         regions = ", ".join(f"{r} = labels {list(v)}" for r, v in info.regions.items())
@@ -160,9 +127,8 @@ def score_folder(
         "dataset_json": None if info.path is None else str(info.path),
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    created = not out.exists()
+    tmp = stage_folder(out)
     try:
         names = metrics["data"]["class_names"]
         meters = {"as saved": metrics["meter"]}
@@ -173,14 +139,12 @@ def score_folder(
             hists[label] = metrics["temperature_scaled"]["histogram"]
         report.calibration_figures(meters, hists, tmp, class_names=names, margins=margins)
         text = summary_text(metrics, layout=layout, val=fit)
-        atomic_write(
-            tmp / "summary.md", lambda f: f.write(("# Calibration summary\n\n" + text).encode())
-        )
-        atomic_write(tmp / "cases.csv", lambda f: f.write(cases_csv(metrics).encode()))
+        (tmp / "summary.md").write_text("# Calibration summary\n\n" + text)
+        (tmp / "cases.csv").write_text(cases_csv(metrics))
         write_json(metrics, tmp / "metrics.json")
-        _publish(tmp, out)
+        publish(tmp, out, previous)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp, out, created)
         raise
     metrics["summary"] = text
     return metrics

@@ -131,8 +131,15 @@ def read_probabilities(path: str | Path, layout: str) -> np.ndarray:
     """The probability array of one case as ``(C, X, Y, Z)`` in the label's axis order (a view)."""
     path = Path(path)
     if layout == "nnunet":
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise ScoreInputError(
+                f"{path} is not a valid .npz (not a zip archive: truncated, or not written by "
+                "numpy.savez / nnU-Net --save_probabilities)"
+            )
         try:
-            with np.load(path) as npz:
+            with np.load(path, allow_pickle=False) as npz:
                 if "probabilities" not in npz.files:
                     raise ScoreInputError(
                         f"{path} has no key 'probabilities' (keys: {npz.files}); nnU-Net writes it "
@@ -142,7 +149,9 @@ def read_probabilities(path: str | Path, layout: str) -> np.ndarray:
         except ScoreInputError:
             raise
         except Exception as err:
-            raise ScoreInputError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+            raise ScoreInputError(
+                f"{path} is not a valid .npz (damaged: {type(err).__name__}: {err})"
+            ) from err
         if arr.ndim != 4:
             raise ScoreInputError(f"{path}: probabilities have shape {arr.shape}, not (C, Z, Y, X)")
         return arr.transpose(0, 3, 2, 1)  # (C, Z, Y, X) -> (C, X, Y, Z), a view
