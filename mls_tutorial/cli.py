@@ -466,6 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip predictions without a label map (default: an error listing them)",
     )
+    p.add_argument("--no-hd95", action="store_true", help="calibration and Dice only, no HD95")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="cases scored at once, in that many processes (memory: N x one case's "
+        "probabilities; the numbers are those of one worker)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -777,6 +785,8 @@ def cmd_score(args) -> int:
             background=args.background,
             allow_missing=args.allow_missing,
             progress=not args.no_progress,
+            hd95=not args.no_hd95,
+            workers=args.workers,
         )
     except KeyboardInterrupt:
         print(f"score interrupted: {args.out} is left as it was", file=sys.stderr)

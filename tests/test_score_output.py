@@ -195,7 +195,7 @@ def test_float16_maps_are_accepted_and_read_exactly(tmp_path, layout):
     direct = score_cases([(p, y) for _, p, y, _ in cases], progress=False, hd95=False)
     assert m["score"]["dtypes"] == ["float16"]
     for key in ("ece", "cece", "gap", "nll", "brier", "ece_all", "dice"):
-        assert m[key] == direct[key], key
+        assert m[key] == pytest.approx(direct[key], rel=1e-12), key  # read in memory order
 
 
 def test_val_cases_naming_a_missing_case_or_every_case_are_one_line_errors(tmp_path, capsys):

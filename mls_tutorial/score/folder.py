@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mls_tutorial.score.core import SCORE_MARGINS, fit_temperature_on_cases, score_cases
+from mls_tutorial.score.core import SCORE_MARGINS, score_cases
 from mls_tutorial.score.layouts import (
     ScoreInputError,
     load_cases,
@@ -26,6 +26,7 @@ from mls_tutorial.score.layouts import (
 )
 from mls_tutorial.score.output import discard, previous_outputs, publish, stage_folder
 from mls_tutorial.score.summary import summary_text
+from mls_tutorial.score.temperature import fit_temperature_on_cases
 
 OUTPUT_FILES = (
     "metrics.json",
@@ -77,11 +78,14 @@ def score_folder(
     progress: bool = True,
     hd95: bool = True,
     margins: Sequence[float] = SCORE_MARGINS,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Score every case of ``pred`` against ``labels`` and write ``OUTPUT_FILES`` to ``out``.
 
     ``val_cases``: ids of cases used ONLY to fit post-hoc temperature scaling (never reported);
-    the other cases are reported before and after it. Returns the metrics written.
+    the other cases are reported before and after it. ``hd95=False``: no HD95 (NaN).
+    ``workers``: cases scored at once in that many processes (memory: ``workers`` x one case;
+    the same numbers as one). Returns the metrics written.
     """
     from mls_tutorial import report
     from mls_tutorial.train import write_json
@@ -105,7 +109,7 @@ def score_folder(
             load_cases(val), background=background, n_cases=len(val), progress=progress
         )
     metrics = score_cases(
-        load_cases(reported),
+        reported,  # CaseFiles: each is read where it is scored
         class_names=_class_names(class_names, info),
         background=background,
         temperature=None if fit is None else fit["temperature"],
@@ -113,6 +117,7 @@ def score_folder(
         progress=progress,
         total=len(reported),
         margins=margins,
+        workers=workers,
     )
     layout = cases[0].layout
     metrics["temperature_fit"] = fit
