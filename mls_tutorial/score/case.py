@@ -53,6 +53,46 @@ def distance_histogram(k: int, margins) -> LogitDistanceHistogram:
     return LogitDistanceHistogram(k, margins=sorted({*DEFAULT_MARGINS, *margins}))
 
 
+class _Walk:
+    """The per-piece state of one case: argmax map, confusion matrices, saturation counts."""
+
+    def __init__(self, case, p, y, k: int, perm):
+        self.k, self.perm = k, perm
+        self.inv = None if perm is None else torch.from_numpy(np.argsort(perm))
+        self.tiny, self.tol = float(np.finfo(p.dtype).tiny), sum_tolerance_for(p.dtype, k)
+        self.pred = np.empty(y.shape, np.uint8 if k <= 256 else np.int32)
+        self.labels = y if perm is None else np.empty(y.shape, self.pred.dtype)
+        self.confusion = torch.zeros(k * k, dtype=torch.int64)
+        self.bayes = None if case.true_probabilities is None else torch.zeros_like(self.confusion)
+        self.sat = {"voxels": 0, "saturated": 0, "zero_entries": 0, "entries": 0}
+        self.sat["dtype"] = str(p.dtype)
+
+    def piece(self, case, pieces, idx, pc, yc, tables) -> None:
+        k, perm = self.k, self.perm
+        check_piece(case.name, pc, yc, k, self.tol)
+        q_all = case.true_probabilities
+        q = None if q_all is None else pieces.take(q_all, idx).double()
+        if perm is not None:
+            pc, yc = pc[perm], self.inv[yc]
+            q = None if q is None else q[perm]
+        conf, pc_pred = pc.max(0)
+        logp = pc.double().clamp_min(self.tiny).log_()
+        logmax = logp.gather(0, pc_pred.view(1, -1)).view(-1)
+        fg = yc != 0
+        for t in tables:
+            t.add(logp, logmax, yc, pc_pred, fg, q)
+        self.confusion += torch.bincount(pc_pred * k + yc, minlength=k * k)
+        pieces.write(self.pred, idx, pc_pred.numpy())
+        if perm is not None:
+            pieces.write(self.labels, idx, yc.numpy())
+        if q is not None:
+            self.bayes += torch.bincount(pc_pred * k + q.argmax(0), minlength=k * k)
+        self.sat["saturated"] += int((conf == 1).sum())
+        self.sat["zero_entries"] += pc.numel() - int(torch.count_nonzero(pc))
+        self.sat["voxels"] += yc.numel()
+        self.sat["entries"] += pc.numel()
+
+
 def score_case(
     item,
     index: int = 0,
@@ -72,17 +112,9 @@ def score_case(
 
     case = as_case(item, index)
     p, y, k = check_case(case, num_classes)
-    perm = permutation(k, background)
-    inv = None if perm is None else torch.from_numpy(np.argsort(perm))
-    tiny, tol = float(np.finfo(p.dtype).tiny), sum_tolerance_for(p.dtype, k)
     hist = distance_histogram(k, margins)
     tables = [Tables(k, n_bins, hist, t) for t in temperatures]
-    pred = np.empty(y.shape, np.uint8 if k <= 256 else np.int32)
-    labels = y if perm is None else np.empty(y.shape, pred.dtype)
-    q_all = case.true_probabilities
-    confusion = torch.zeros(k * k, dtype=torch.int64)
-    bayes = None if q_all is None else torch.zeros(k * k, dtype=torch.int64)
-    sat = {"voxels": 0, "saturated": 0, "zero_entries": 0, "entries": 0, "dtype": str(p.dtype)}
+    walk = _Walk(case, p, y, k, permutation(k, background))
     pieces = Pieces(p, y)
     large = progress and p.size > LARGE_CASE_ENTRIES
     bar = tqdm(pieces, desc=case.name, unit="slab", leave=False, disable=not large)
@@ -90,41 +122,22 @@ def score_case(
     torch.set_num_threads(1)  # many small ops: one thread each; cases in parallel: --workers
     try:
         for idx, pc, yc in bar:
-            check_piece(case.name, pc, yc, k, tol)
-            q = None if q_all is None else pieces.take(q_all, idx).double()
-            if perm is not None:
-                pc, yc = pc[perm], inv[yc]
-                q = None if q is None else q[perm]
-            conf, pc_pred = pc.max(0)
-            logp = pc.double().clamp_min(tiny).log_()
-            logmax = logp.gather(0, pc_pred.view(1, -1)).view(-1)
-            fg = yc != 0
-            for t in tables:
-                t.add(logp, logmax, yc, pc_pred, fg, q)
-            confusion += torch.bincount(pc_pred * k + yc, minlength=k * k)
-            pieces.write(pred, idx, pc_pred.numpy())
-            if perm is not None:
-                pieces.write(labels, idx, yc.numpy())
-            if q is not None:
-                bayes += torch.bincount(pc_pred * k + q.argmax(0), minlength=k * k)
-            sat["saturated"] += int((conf == 1).sum())
-            sat["zero_entries"] += pc.numel() - int(torch.count_nonzero(pc))
-            sat["voxels"] += yc.numel()
-            sat["entries"] += pc.numel()
+            walk.piece(case, pieces, idx, pc, yc, tables)
     finally:
         torch.set_num_threads(threads)
     name, spacing = case.name, case.spacing
-    del case, p, y, q_all, pieces, bar  # the probabilities may go now
+    del case, p, y, pieces, bar  # the probabilities may go now
     spacing = None if spacing is None else tuple(float(s) for s in spacing)
     hd = np.full(k - 1, np.nan)
     if hd95:
-        hd = hd95_per_class(pred, labels, k, spacing=spacing)
+        hd = hd95_per_class(walk.pred, walk.labels, k, spacing=spacing)
+    bayes = walk.bayes
     return CaseScore(
         name=name,
         k=k,
         tables=tables,
-        confusion=confusion.view(k, k).numpy(),
+        confusion=walk.confusion.view(k, k).numpy(),
         bayes_confusion=None if bayes is None else bayes.view(k, k).numpy(),
         hd95=hd,
-        sat=sat,
+        sat=walk.sat,
     )

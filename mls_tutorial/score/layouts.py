@@ -111,7 +111,8 @@ def label_files(labels: str | Path) -> dict[str, Path]:
 
 
 def read_label(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Integer label map (nibabel's ``(X, Y, Z)`` order) and its spacing in mm from the header."""
+    """Integer label map (nibabel's ``(X, Y, Z)`` order, its file's integer dtype) and its spacing
+    in mm from the header."""
     from mls_tutorial.data.common import read_nifti
 
     arr, zooms = read_nifti(path)
@@ -123,8 +124,10 @@ def read_label(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
         lab = np.rint(arr)
         if not np.array_equal(lab, arr):
             raise ScoreInputError(f"label map {path} holds non-integer values")
-        arr = lab
-    return arr.astype(np.int64, copy=False), tuple(float(z) for z in zooms[:3])
+        arr = lab.astype(np.int32)
+    elif arr.dtype.kind not in "iu":
+        raise ScoreInputError(f"label map {path} holds {arr.dtype} values, not integer labels")
+    return arr, tuple(float(z) for z in zooms[:3])  # its own integer dtype: uint8 stays 1 byte
 
 
 def read_probabilities(path: str | Path, layout: str) -> np.ndarray:
