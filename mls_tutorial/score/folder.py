@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mls_tutorial.score import calibrated
+from mls_tutorial.score.calibrated import check_calibrated_dir
 from mls_tutorial.score.core import SCORE_MARGINS, score_cases
 from mls_tutorial.score.layouts import (
     ScoreInputError,
@@ -79,19 +81,31 @@ def score_folder(
     hd95: bool = True,
     margins: Sequence[float] = SCORE_MARGINS,
     workers: int = 1,
+    write_calibrated: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score every case of ``pred`` against ``labels`` and write ``OUTPUT_FILES`` to ``out``.
 
     ``val_cases``: ids of cases used ONLY to fit post-hoc temperature scaling (never reported);
     the other cases are reported before and after it. ``hd95=False``: no HD95 (NaN).
     ``workers``: cases scored at once in that many processes (memory: ``workers`` x one case;
-    the same numbers as one). Returns the metrics written.
+    the same numbers as one). ``write_calibrated``: a folder for the temperature-scaled
+    probabilities of every reported case, in the input's layout (``calibrated``; needs
+    ``val_cases``). Returns the metrics written.
     """
     from mls_tutorial import report
     from mls_tutorial.train import write_json
 
     out = Path(out).resolve()  # `--out .` names the current folder
     previous = previous_outputs(out, OUTPUT_FILES)
+    if write_calibrated is not None:
+        if not val_cases:
+            raise ScoreInputError(
+                "--write-calibrated needs --val-cases: the temperature is fitted on them"
+            )
+        write_calibrated = check_calibrated_dir(write_calibrated, pred)
+        if write_calibrated == out:
+            raise ScoreInputError("--write-calibrated must be another folder than --out")
+        previous_outputs(write_calibrated, ())  # refused now, before any work, if not ours
     info = read_dataset_json(pred)
     if info.regions is not None:
         regions = ", ".join(f"{r} = labels {list(v)}" for r, v in info.regions.items())
@@ -130,7 +144,12 @@ def score_folder(
         "val_cases": [c.name for c in val],
         "skipped_without_label": missing,
         "dataset_json": None if info.path is None else str(info.path),
+        "calibrated_dir": None if write_calibrated is None else str(write_calibrated),
     }
+    if write_calibrated is not None:
+        calibrated.write_calibrated(
+            reported, fit["temperature"], write_calibrated, pred, progress=progress
+        )
 
     created = not out.exists()
     tmp = stage_folder(out)
