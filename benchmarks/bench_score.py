@@ -12,7 +12,7 @@ Measured side by side in ONE process on the same arrays, median of ``--repeats``
 ``score_cases`` without HD95 (everything else it reports: pooled and per-case ECE, CECE, NLL,
 Brier, the logit-distance histogram, saturation, Dice) and with HD95, against MONAI's
 ``CalibrationErrorMetric`` (classwise ECE per image and channel only, its one-hot labels
-included). Memory: in a fresh process per case, peak resident memory (``ru_maxrss``) above the
+included). Memory: in a fresh process per case, peak resident memory (``VmHWM``) above the
 resident memory after imports, as a multiple of the case's float32 probability array, for
 ``score_folder`` on the case in nnU-Net's ``.npz`` layout (HD95 included; reading the file is
 part of it) and for MONAI (``np.load`` + the metric).
@@ -117,8 +117,10 @@ else:
     metric = CalibrationErrorMetric(num_bins=15, include_background=True)
     metric(y_pred=torch.from_numpy(p)[None], y=onehot.movedim(-1, 0)[None].float())
     metric.aggregate()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"base": base, "peak": peak}))
+# VmHWM: this process's own high-water mark (ru_maxrss would also count the parent's memory
+# at the fork, which exec does not reset)
+hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
+print(json.dumps({"base": base, "peak": int(hwm.split()[1]) * 1024}))
 """
 
 
@@ -171,7 +173,7 @@ def main() -> None:
             flush=True,
         )
         del p, y
-    print(f"(median of {repeats}; ru_maxrss, {resource.getpagesize()} B pages)")
+    print(f"(median of {repeats}; memory: VmHWM, {resource.getpagesize()} B pages)")
 
 
 if __name__ == "__main__":
