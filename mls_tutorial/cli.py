@@ -478,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=1,
-        help="cases scored at once, in that many processes (memory: N x one case's "
+        metavar="N",
+        help="cases scored at once, in N processes (memory: N x one case's "
         "probabilities; the numbers are those of one worker)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -220,3 +220,12 @@ def test_allow_missing_names_the_skipped_cases_on_the_console_and_in_the_summary
     line = "Skipped 1 case without a label map (--allow-missing): case01."
     assert line in capsys.readouterr().out
     assert line in (out / "summary.md").read_text()
+
+
+def test_progress_bars_over_cases_and_within_a_large_case(tmp_path, monkeypatch, capsys):
+    pred, labels = write_folders(tmp_path, make_cases(seed=28, n=2))
+    monkeypatch.setattr("mls_tutorial.score.case.LARGE_CASE_ENTRIES", 0)  # every case is large
+    score_folder(pred, labels, tmp_path / "out", progress=True, hd95=False)
+    err = capsys.readouterr().err
+    assert "score: 100%" in err and "2/2" in err  # over the cases
+    assert "case00:" in err and "slab" in err  # within one
