@@ -53,10 +53,8 @@ def test_a_rescore_replaces_only_scores_files_and_keeps_the_users(scored):
     for name, data in USER_FILES.items():
         assert (out / name).read_bytes() == data
     manifest = json.loads((out / MANIFEST).read_text())["files"]
-    assert sorted(manifest) == sorted(OUTPUT_FILES)
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [*OUTPUT_FILES, MANIFEST, "mine", "notes.txt"]
-    )
+    assert sorted([*manifest, MANIFEST]) == sorted(OUTPUT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUT_FILES, "mine", "notes.txt"])
 
 
 @pytest.mark.parametrize("where", ["scoring", "figures", "moving", "signal"])

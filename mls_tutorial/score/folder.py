@@ -26,10 +26,11 @@ from mls_tutorial.score.layouts import (
     read_dataset_json,
     split_cases,
 )
-from mls_tutorial.score.output import discard, previous_outputs, publish, stage_folder
+from mls_tutorial.score.output import MANIFEST, discard, previous_outputs, publish, stage_folder
 from mls_tutorial.score.summary import summary_text
 from mls_tutorial.score.temperature import fit_temperature_on_cases
 
+#: every file score writes to OUT; the last, its manifest, lists the others with their SHA-256
 OUTPUT_FILES = (
     "metrics.json",
     "cases.csv",
@@ -37,6 +38,7 @@ OUTPUT_FILES = (
     "classwise_reliability.png",
     "logit_distances.png",
     "summary.md",
+    MANIFEST,
 )
 
 
