@@ -1,24 +1,31 @@
 """Speed and peak memory of ``score`` on saved probability maps, against MONAI.
 
-Synthetic over-confident cases (softmax of sharpened random logits, float32, labels drawn from
-the true probabilities), non-cubic. Two measurements:
+Two kinds of synthetic float32 cases, non-cubic, anisotropic spacing (0.8, 0.8, 2.5) mm:
 
-- speed: voxels per second of ``score_cases`` (top-label and classwise ECE, NLL, Brier, the
-  logit-distance histogram, saturation, Dice; HD95 off, it is MONAI's either way) against
-  MONAI's ``CalibrationErrorMetric`` (classwise ECE per image and channel only) on the same
-  arrays, the one-hot labels it needs included; median of ``--repeats``;
-- memory: peak resident memory of ``score_folder`` on one case in nnU-Net's ``.npz`` layout,
-  above the process's resident memory after imports, as a multiple of the case's float32
-  probability array, measured in a fresh process per size (``ru_maxrss``).
+- ``organs``: K = 15 (14 compact ellipsoid "organs" of 0.2-1.1 % of the volume each in a large
+  background, as in abdominal CT), the prediction the same organs shifted and scaled by a few
+  percent, probabilities the softmax of 6 x one-hot(prediction) + N(0, 1) noise;
+- ``everywhere``: labels everywhere, the worst case (softmax of sharpened random logits, labels
+  drawn from the true probabilities): every class's bounding box is the whole volume.
 
-    python benchmarks/bench_score.py            # three sizes, 3 repeats
-    python benchmarks/bench_score.py --quick    # the smallest size, 1 repeat
+Measured side by side in ONE process on the same arrays, median of ``--repeats``:
+``score_cases`` without HD95 (everything else it reports: pooled and per-case ECE, CECE, NLL,
+Brier, the logit-distance histogram, saturation, Dice) and with HD95, against MONAI's
+``CalibrationErrorMetric`` (classwise ECE per image and channel only, its one-hot labels
+included). Memory: in a fresh process per case, peak resident memory (``VmHWM``) above the
+resident memory after imports, as a multiple of the case's float32 probability array, for
+``score_folder`` on the case in nnU-Net's ``.npz`` layout (HD95 included; reading the file is
+part of it) and for MONAI (``np.load`` + the metric).
+
+    nice -n 10 python benchmarks/bench_score.py            # organs 8.1 M voxels, worst 2.0 M
+    python benchmarks/bench_score.py --quick                # small cases, 1 repeat
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -29,74 +36,108 @@ from pathlib import Path
 
 import numpy as np
 
-SIZES = [(4, (128, 112, 64)), (4, (256, 224, 64)), (14, (192, 160, 48))]
+SPACING = (0.8, 0.8, 2.5)
+CASES = [("organs", 15, (256, 232, 136)), ("everywhere", 14, (160, 144, 88))]
+QUICK = [("organs", 15, (96, 80, 48)), ("everywhere", 14, (64, 56, 40))]
 
 
-def make_case(k: int, shape, seed: int = 0):
+def organs(k: int, shape, seed: int = 0):
+    """Ellipsoid organs in a background; the prediction shifted/scaled; noisy softmax."""
+    rng = np.random.default_rng(seed)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    y, pred = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    for c in range(1, k):
+        centre = [rng.uniform(0.2, 0.8) * n for n in shape]
+        radii = [rng.uniform(0.08, 0.14) * n for n in shape]
+        shift = rng.normal(size=3) * 1.5
+        y[sum(((g - m) / r) ** 2 for g, m, r in zip(grid, centre, radii, strict=True)) <= 1] = c
+        d = sum(
+            ((g - m - s) / (1.03 * r)) ** 2
+            for g, m, r, s in zip(grid, centre, radii, shift, strict=True)
+        )
+        pred[d <= 1] = c
+    p = rng.standard_normal((k, *shape), dtype=np.float32)
+    for c in range(k):
+        p[c] += 6 * (pred == c)
+    p -= p.max(0)
+    np.exp(p, out=p)
+    p /= p.sum(0)
+    return p, y
+
+
+def everywhere(k: int, shape, seed: int = 0):
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(k, *shape)).astype(np.float32) * 2
     q = np.exp(z - z.max(0))
     q /= q.sum(0)
     y = (rng.random(shape, dtype=np.float32)[None] >= np.cumsum(q, 0)[:-1]).sum(0)
+    del q
     p = np.exp(3 * (z - z.max(0)))
     p /= p.sum(0)
-    return p.astype(np.float32), y.astype(np.int64)
+    return p.astype(np.float32), y.astype(np.uint8)
 
 
-def time_score(p, y, repeats):
+MAKERS = {"organs": organs, "everywhere": everywhere}
+
+
+def time_score(p, y, hd95: bool) -> float:
     from mls_tutorial.score import score_cases
 
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        score_cases([(p, y, (1.0, 1.0, 2.5))], hd95=False, progress=False)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    t0 = time.perf_counter()
+    score_cases([(p, y, SPACING)], hd95=hd95, progress=False)
+    return time.perf_counter() - t0
 
 
-def time_monai(p, y, repeats):
+def time_monai(p, y) -> float:
     import torch
     from monai.metrics import CalibrationErrorMetric
 
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        pt = torch.from_numpy(p)[None]
-        onehot = torch.nn.functional.one_hot(torch.from_numpy(y), p.shape[0])
-        onehot = onehot.movedim(-1, 0)[None].float()
-        metric = CalibrationErrorMetric(num_bins=15, include_background=True)
-        metric(y_pred=pt, y=onehot)
-        metric.aggregate()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    t0 = time.perf_counter()
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(y).long(), p.shape[0])
+    onehot = onehot.movedim(-1, 0)[None].float()
+    metric = CalibrationErrorMetric(num_bins=15, include_background=True)
+    metric(y_pred=torch.from_numpy(p)[None], y=onehot)
+    metric.aggregate()
+    return time.perf_counter() - t0
 
 
-def peak_memory(k: int, shape) -> dict:
-    """Write one case (.npz, nnU-Net's layout) here, score it in a fresh process: peak RSS
-    (``ru_maxrss``) above the resident memory after imports."""
+_MEMORY = """
+import json, resource, sys
+import monai.metrics, nibabel, numpy as np, torch
+from mls_tutorial.score import score_folder
+tmp, which = sys.argv[1], sys.argv[2]
+base = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()
+if which == "score":
+    score_folder(tmp + "/pred", tmp + "/labels", tmp + "/out", progress=False)
+else:
+    from monai.metrics import CalibrationErrorMetric
+    p = np.load(tmp + "/pred/c.npz")["probabilities"]
+    y = np.asarray(nibabel.load(tmp + "/labels/c.nii.gz").dataobj).transpose(2, 1, 0)
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(y).long(), p.shape[0])
+    metric = CalibrationErrorMetric(num_bins=15, include_background=True)
+    metric(y_pred=torch.from_numpy(p)[None], y=onehot.movedim(-1, 0)[None].float())
+    metric.aggregate()
+# VmHWM: this process's own high-water mark (ru_maxrss would also count the parent's memory
+# at the fork, which exec does not reset)
+hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
+print(json.dumps({"base": base, "peak": int(hwm.split()[1]) * 1024}))
+"""
+
+
+def peak_memory(p, y, which: str) -> float:
+    """Peak RSS above the post-import baseline, as a multiple of the float32 array."""
     import nibabel as nib
 
-    tmp = Path(tempfile.mkdtemp())
-    (tmp / "pred").mkdir()
-    (tmp / "labels").mkdir()
-    p, y = make_case(k, shape)
-    np.savez(tmp / "pred" / "c.npz", probabilities=p.transpose(0, 3, 2, 1))
-    nib.save(nib.Nifti1Image(y.astype(np.uint8), np.eye(4)), tmp / "labels" / "c.nii.gz")
-    nbytes = p.nbytes
-    del p, y
-    code = f"""
-import json, resource
-import monai.metrics, nibabel, torch
-from mls_tutorial.score import score_folder
-base = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()
-score_folder({str(tmp / "pred")!r}, {str(tmp / "labels")!r}, {str(tmp / "out")!r}, progress=False)
-print(json.dumps({{"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
-"""
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "pred").mkdir()
+        (Path(tmp) / "labels").mkdir()
+        np.savez(Path(tmp) / "pred" / "c.npz", probabilities=p.transpose(0, 3, 2, 1))
+        img = nib.Nifti1Image(y, np.diag([*SPACING, 1.0]))
+        nib.save(img, Path(tmp) / "labels" / "c.nii.gz")
+        cmd = [sys.executable, "-c", _MEMORY, tmp, which]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    r["extra"] = r["peak"] - r["base"]
-    r["ratio"] = r["extra"] / nbytes
-    return r
+    return (r["peak"] - r["base"]) / p.nbytes
 
 
 def main() -> None:
@@ -104,25 +145,35 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    sizes = SIZES[:1] if args.quick else SIZES
+    cases = QUICK if args.quick else CASES
     repeats = 1 if args.quick else args.repeats
-    print("| K | case (X, Y, Z) | voxels | probabilities (float32) | score: Mvox/s | "
-          "MONAI CalibrationErrorMetric: Mvox/s | score peak above baseline |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    for k, shape in sizes:
-        p, y = make_case(k, shape)
+    import torch
+
+    from mls_tutorial.metrics import hd95_per_class
+
+    warm = np.zeros((8, 8, 8), np.uint8)
+    warm[2:5, 2:5, 2:5] = 1
+    hd95_per_class(warm, warm, 2)  # MONAI's first call imports and compiles what it needs
+    print(f"torch threads: {torch.get_num_threads()} (score: one per case), {os.cpu_count()} CPUs")
+    print("| case | K | (X, Y, Z) | voxels | float32 probabilities | MONAI CalibrationErrorMetric "
+          "Mvox/s | score, no HD95: Mvox/s (x MONAI) | score with HD95: Mvox/s | peak memory / "
+          "array: score (HD95 incl.), MONAI |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind, k, shape in cases:
+        p, y = MAKERS[kind](k, shape)
         n = y.size
-        t_score, t_monai = time_score(p, y, repeats), time_monai(p, y, repeats)
-        nbytes = p.nbytes
-        del p, y
-        mem = peak_memory(k, shape)
+        runs = [(time_monai(p, y), time_score(p, y, False)) for _ in range(repeats)]
+        t_monai, t_nohd = (statistics.median(r) for r in zip(*runs, strict=True))
+        t_hd = statistics.median(time_score(p, y, True) for _ in range(repeats))
+        mem_score, mem_monai = peak_memory(p, y, "score"), peak_memory(p, y, "monai")
         print(
-            f"| {k} | {shape} | {n / 1e6:.2f}M | {nbytes / 2**20:.0f} MiB | "
-            f"{n / t_score / 1e6:.2f} ({t_score:.2f} s) | {n / t_monai / 1e6:.2f} ({t_monai:.2f} s) "
-            f"| {mem['extra'] / 2**20:.0f} MiB = {mem['ratio']:.2f} x the array |",
+            f"| {kind} | {k} | {shape} | {n / 1e6:.2f}M | {p.nbytes / 2**20:.0f} MiB "
+            f"| {n / t_monai / 1e6:.2f} | {n / t_nohd / 1e6:.2f} ({t_monai / t_nohd:.2f}x) "
+            f"| {n / t_hd / 1e6:.2f} | {mem_score:.2f}x, {mem_monai:.2f}x |",
             flush=True,
         )
-    print(f"(ru_maxrss; median of {repeats}; {resource.getpagesize()} B pages)")
+        del p, y
+    print(f"(median of {repeats}; memory: VmHWM, {resource.getpagesize()} B pages)")
 
 
 if __name__ == "__main__":

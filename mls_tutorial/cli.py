@@ -487,6 +487,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip predictions without a label map (default: an error listing them)",
     )
+    p.add_argument(
+        "--write-calibrated",
+        default=None,
+        metavar="DIR",
+        help="with --val-cases: write the temperature-scaled probabilities of every reported "
+        "case to DIR, in the input's layout (nnU-Net .npz + .pkl + argmax .nii.gz, NIfTI, NumPy)",
+    )
+    p.add_argument("--no-hd95", action="store_true", help="calibration and Dice only, no HD95")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="cases scored at once, in N processes (memory: N x one case's "
+        "probabilities; the numbers are those of one worker)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser(
@@ -797,18 +813,27 @@ def cmd_score(args) -> int:
     from mls_tutorial.score import score_folder
     from mls_tutorial.score.layouts import parse_case_ids
 
-    metrics = score_folder(
-        args.pred,
-        args.labels,
-        args.out,
-        val_cases=parse_case_ids(args.val_cases),
-        class_names=args.classes,
-        background=args.background,
-        allow_missing=args.allow_missing,
-        progress=not args.no_progress,
-    )
+    try:
+        metrics = score_folder(
+            args.pred,
+            args.labels,
+            args.out,
+            val_cases=parse_case_ids(args.val_cases),
+            class_names=args.classes,
+            background=args.background,
+            allow_missing=args.allow_missing,
+            progress=not args.no_progress,
+            hd95=not args.no_hd95,
+            workers=args.workers,
+            write_calibrated=args.write_calibrated,
+        )
+    except KeyboardInterrupt:
+        print(f"score interrupted: {args.out} is left as it was", file=sys.stderr)
+        return 130
     print(metrics["summary"])
     print(f"written to {args.out}: metrics.json, cases.csv, summary.md, figures")
+    if args.write_calibrated:
+        print(f"temperature-scaled probabilities written to {args.write_calibrated}")
     return 0
 
 

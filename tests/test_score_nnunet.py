@@ -106,13 +106,16 @@ def _write_label(folder, name, label_zyx):
     sitk.WriteImage(img, str(folder / f"{name}.nii.gz"), True)
 
 
-def test_score_reads_what_nnunet_v2_writes(tmp_path):
+def _nnunet_folders(tmp_path, n=3, informative=False):
+    """nnU-Net's own export of ``n`` cases, their labels, and the arrays score must read.
+    ``informative``: labels are the argmax but for 30% random ones inside the crop, so that a
+    fitted temperature is finite."""
     pred, labels = tmp_path / "pred", tmp_path / "labelsTr"
     pred.mkdir()
     labels.mkdir()
     rng = np.random.default_rng(0)
     expected = []
-    for i in range(3):
+    for i in range(n):
         name = f"case_{i:03d}"
         shape_cropped = [hi - lo for lo, hi in BBOX]
         logits = (rng.normal(size=(K, *shape_cropped)) * 3).astype(np.float32)
@@ -123,8 +126,17 @@ def test_score_reads_what_nnunet_v2_writes(tmp_path):
         crop = (slice(None), *(slice(lo, hi) for lo, hi in BBOX))
         p[crop] = torch.softmax(torch.from_numpy(logits), 0).numpy()
         label = rng.integers(0, K, SHAPE_ZYX)
+        if informative:  # outside the crop p is a saturated background: label it so
+            noise = np.zeros(SHAPE_ZYX, bool)
+            noise[crop[1:]] = rng.random(shape_cropped) < 0.3
+            label = np.where(noise, label, p.argmax(0))
         _write_label(labels, name, label)
         expected.append((p.transpose(0, 3, 2, 1), label.transpose(2, 1, 0), SPACING_XYZ))
+    return pred, labels, expected
+
+
+def test_score_reads_what_nnunet_v2_writes(tmp_path):
+    pred, labels, expected = _nnunet_folders(tmp_path)
     npz = np.load(pred / "case_000.npz")
     assert npz["probabilities"].shape == (K, *SHAPE_ZYX)  # (C, z, y, x): nnU-Net's layout
     assert npz["probabilities"].dtype == np.float32
@@ -146,3 +158,30 @@ def test_score_reads_what_nnunet_v2_writes(tmp_path):
     assert [row["dice_per_class"][n] for n in ("class1", "class2")] == pytest.approx(dice)
     # HD95 in mm: the spacing came from the label's header, in the label's axis order
     assert m["hd95"] == pytest.approx(ref["hd95"], rel=1e-6)
+
+
+def test_nnunet_merges_the_calibrated_maps_into_its_own_segmentation(tmp_path):
+    """nnU-Net's ensembling code (``merge_files``: its .pkl reader, ``average_probabilities``,
+    the label manager's argmax and SimpleITK writer) reads what --write-calibrated wrote."""
+    from nnunetv2.ensembling.ensemble import average_probabilities, merge_files
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    pred, labels, _ = _nnunet_folders(tmp_path, n=4, informative=True)
+    cal = tmp_path / "calibrated"
+    m = score_folder(pred, labels, tmp_path / "out", val_cases=["case_000"],
+                     write_calibrated=cal, progress=False)  # fmt: skip
+    t = m["temperature_scaled"]["temperature"]
+    assert 0.2 < t < 5
+    for name in ("case_001", "case_003"):
+        probs = average_probabilities([str(cal / f"{name}.npz")])
+        raw = np.load(pred / f"{name}.npz")["probabilities"].astype(np.float64)
+        ref = np.exp(np.log(np.maximum(raw, np.finfo(np.float32).tiny)) / t)
+        ref /= ref.sum(0)
+        assert probs.shape == raw.shape and probs.dtype == np.float32
+        np.testing.assert_allclose(probs, ref, rtol=1e-5, atol=1e-7)
+        label_manager = PlansManager(_plans()).get_label_manager(DATASET)
+        merge_files([str(cal / f"{name}.npz")], str(tmp_path / name), ".nii.gz", SimpleITKIO(),
+                    label_manager)  # fmt: skip
+        merged = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}.nii.gz")))
+        original = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / f"{name}.nii.gz")))
+        np.testing.assert_array_equal(merged, original)  # temperature keeps the argmax

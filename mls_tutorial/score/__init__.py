@@ -4,20 +4,17 @@
 
 - ``score_cases(pairs)``: any iterable of ``(probabilities (C, *spatial), labels, spacing)``
   -> the results dict of a run (Dice, HD95, foreground ECE, ``ece_all``, CECE, gap, NLL, Brier,
-  logit distances), exact streaming meters, one case in memory at a time (``core``);
+  logit distances), one pass per piece of a case (``case``, ``tables``), one case in memory at a
+  time per worker (``core``; checks and the walk over a case's pieces in ``checks``);
 - ``fit_temperature_on_cases(val_pairs)``: post-hoc temperature scaling fitted on validation
-  cases only (``log p / T`` is temperature scaling of the logits) (``core``);
+  cases only (``log p / T`` is temperature scaling of the logits) (``temperature``);
 - ``score_folder(pred, labels, out)``: nnU-Net v2 ``.npz``, NIfTI ``(X, Y, Z, C)`` or NumPy
   ``(C, X, Y, Z)`` folders (``layouts``) -> ``metrics.json``, ``cases.csv``, figures and
-  ``summary.md``, written atomically (``folder``); the ``mls-tutorial score`` command.
+  ``summary.md`` (``folder``), replacing only score's own files in OUT (``output``); the
+  ``mls-tutorial score`` command.
 """
 
-from mls_tutorial.score.core import (
-    SCORE_MARGINS,
-    class_gaps,
-    fit_temperature_on_cases,
-    score_cases,
-)
+from mls_tutorial.score.core import SCORE_MARGINS, class_gaps, score_cases
 from mls_tutorial.score.folder import OUTPUT_FILES, score_folder
 from mls_tutorial.score.layouts import (
     LAYOUTS,
@@ -29,6 +26,7 @@ from mls_tutorial.score.layouts import (
     read_probabilities,
 )
 from mls_tutorial.score.summary import summary_text
+from mls_tutorial.score.temperature import fit_temperature_on_cases
 
 __all__ = [
     "LAYOUTS",

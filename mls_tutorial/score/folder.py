@@ -3,22 +3,22 @@
 ``OUT`` gets ``metrics.json`` (the keys of a run's, plus ``score`` and, with validation cases,
 ``temperature_scaled`` and ``temperature_fit``), ``cases.csv`` (one row per reported case),
 ``reliability.png``, ``classwise_reliability.png``, ``logit_distances.png`` and ``summary.md``.
-Everything is written into a temporary sibling folder first and moved into place at the end,
-so a failed run leaves no half-written output (and an earlier ``score`` output stays whole).
+Everything is written into a hidden staging folder first and moved into place at the end
+(``output``): only the files an earlier ``score`` wrote are replaced, the user's files are kept,
+and a failed or interrupted run leaves ``OUT`` as it was.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mls_tutorial.score.core import SCORE_MARGINS, fit_temperature_on_cases, score_cases
+from mls_tutorial.score import calibrated
+from mls_tutorial.score.calibrated import check_calibrated_dir
+from mls_tutorial.score.core import SCORE_MARGINS, score_cases
 from mls_tutorial.score.layouts import (
     ScoreInputError,
     load_cases,
@@ -26,8 +26,11 @@ from mls_tutorial.score.layouts import (
     read_dataset_json,
     split_cases,
 )
+from mls_tutorial.score.output import MANIFEST, discard, previous_outputs, publish, stage_folder
 from mls_tutorial.score.summary import summary_text
+from mls_tutorial.score.temperature import fit_temperature_on_cases
 
+#: every file score writes to OUT; the last, its manifest, lists the others with their SHA-256
 OUTPUT_FILES = (
     "metrics.json",
     "cases.csv",
@@ -35,38 +38,8 @@ OUTPUT_FILES = (
     "classwise_reliability.png",
     "logit_distances.png",
     "summary.md",
+    MANIFEST,
 )
-
-
-def _check_out(out: Path) -> None:
-    """OUT must be new, empty, or an earlier ``score`` output (which is then replaced)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ScoreInputError(f"--out {out} exists and is not a folder")
-    if any(out.iterdir()) and not _is_score_output(out):
-        raise ScoreInputError(
-            f"--out {out} is a non-empty folder that no earlier `score` wrote: choose a new or "
-            "empty folder (score replaces only its own output)"
-        )
-
-
-def _is_score_output(out: Path) -> bool:
-    try:
-        return "score" in json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out`` (an earlier output is replaced whole)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _class_names(given, info):
@@ -109,18 +82,32 @@ def score_folder(
     progress: bool = True,
     hd95: bool = True,
     margins: Sequence[float] = SCORE_MARGINS,
+    workers: int = 1,
+    write_calibrated: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score every case of ``pred`` against ``labels`` and write ``OUTPUT_FILES`` to ``out``.
 
     ``val_cases``: ids of cases used ONLY to fit post-hoc temperature scaling (never reported);
-    the other cases are reported before and after it. Returns the metrics written.
+    the other cases are reported before and after it. ``hd95=False``: no HD95 (NaN).
+    ``workers``: cases scored at once in that many processes (memory: ``workers`` x one case;
+    the same numbers as one). ``write_calibrated``: a folder for the temperature-scaled
+    probabilities of every reported case, in the input's layout (``calibrated``; needs
+    ``val_cases``). Returns the metrics written.
     """
     from mls_tutorial import report
     from mls_tutorial.train import write_json
-    from mls_tutorial.train.checkpoint import atomic_write
 
-    out = Path(out)
-    _check_out(out)
+    out = Path(out).resolve()  # `--out .` names the current folder
+    previous = previous_outputs(out, OUTPUT_FILES)
+    if write_calibrated is not None:
+        if not val_cases:
+            raise ScoreInputError(
+                "--write-calibrated needs --val-cases: the temperature is fitted on them"
+            )
+        write_calibrated = check_calibrated_dir(write_calibrated, pred)
+        if write_calibrated == out:
+            raise ScoreInputError("--write-calibrated must be another folder than --out")
+        previous_outputs(write_calibrated, ())  # refused now, before any work, if not ours
     info = read_dataset_json(pred)
     if info.regions is not None:
         regions = ", ".join(f"{r} = labels {list(v)}" for r, v in info.regions.items())
@@ -138,7 +125,7 @@ def score_folder(
             load_cases(val), background=background, n_cases=len(val), progress=progress
         )
     metrics = score_cases(
-        load_cases(reported),
+        reported,  # CaseFiles: each is read where it is scored
         class_names=_class_names(class_names, info),
         background=background,
         temperature=None if fit is None else fit["temperature"],
@@ -146,6 +133,7 @@ def score_folder(
         progress=progress,
         total=len(reported),
         margins=margins,
+        workers=workers,
     )
     layout = cases[0].layout
     metrics["temperature_fit"] = fit
@@ -158,11 +146,15 @@ def score_folder(
         "val_cases": [c.name for c in val],
         "skipped_without_label": missing,
         "dataset_json": None if info.path is None else str(info.path),
+        "calibrated_dir": None if write_calibrated is None else str(write_calibrated),
     }
+    if write_calibrated is not None:
+        calibrated.write_calibrated(
+            reported, fit["temperature"], write_calibrated, pred, progress=progress
+        )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    created = not out.exists()
+    tmp = stage_folder(out)
     try:
         names = metrics["data"]["class_names"]
         meters = {"as saved": metrics["meter"]}
@@ -173,14 +165,12 @@ def score_folder(
             hists[label] = metrics["temperature_scaled"]["histogram"]
         report.calibration_figures(meters, hists, tmp, class_names=names, margins=margins)
         text = summary_text(metrics, layout=layout, val=fit)
-        atomic_write(
-            tmp / "summary.md", lambda f: f.write(("# Calibration summary\n\n" + text).encode())
-        )
-        atomic_write(tmp / "cases.csv", lambda f: f.write(cases_csv(metrics).encode()))
+        (tmp / "summary.md").write_text("# Calibration summary\n\n" + text)
+        (tmp / "cases.csv").write_text(cases_csv(metrics))
         write_json(metrics, tmp / "metrics.json")
-        _publish(tmp, out)
+        publish(tmp, out, previous)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp, out, created)
         raise
     metrics["summary"] = text
     return metrics

@@ -111,7 +111,8 @@ def label_files(labels: str | Path) -> dict[str, Path]:
 
 
 def read_label(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Integer label map (nibabel's ``(X, Y, Z)`` order) and its spacing in mm from the header."""
+    """Integer label map (nibabel's ``(X, Y, Z)`` order, its file's integer dtype) and its spacing
+    in mm from the header."""
     from mls_tutorial.data.common import read_nifti
 
     arr, zooms = read_nifti(path)
@@ -123,16 +124,25 @@ def read_label(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
         lab = np.rint(arr)
         if not np.array_equal(lab, arr):
             raise ScoreInputError(f"label map {path} holds non-integer values")
-        arr = lab
-    return arr.astype(np.int64, copy=False), tuple(float(z) for z in zooms[:3])
+        arr = lab.astype(np.int32)
+    elif arr.dtype.kind not in "iu":
+        raise ScoreInputError(f"label map {path} holds {arr.dtype} values, not integer labels")
+    return arr, tuple(float(z) for z in zooms[:3])  # its own integer dtype: uint8 stays 1 byte
 
 
 def read_probabilities(path: str | Path, layout: str) -> np.ndarray:
     """The probability array of one case as ``(C, X, Y, Z)`` in the label's axis order (a view)."""
     path = Path(path)
     if layout == "nnunet":
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise ScoreInputError(
+                f"{path} is not a valid .npz (not a zip archive: truncated, or not written by "
+                "numpy.savez / nnU-Net --save_probabilities)"
+            )
         try:
-            with np.load(path) as npz:
+            with np.load(path, allow_pickle=False) as npz:
                 if "probabilities" not in npz.files:
                     raise ScoreInputError(
                         f"{path} has no key 'probabilities' (keys: {npz.files}); nnU-Net writes it "
@@ -142,7 +152,9 @@ def read_probabilities(path: str | Path, layout: str) -> np.ndarray:
         except ScoreInputError:
             raise
         except Exception as err:
-            raise ScoreInputError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+            raise ScoreInputError(
+                f"{path} is not a valid .npz (damaged: {type(err).__name__}: {err})"
+            ) from err
         if arr.ndim != 4:
             raise ScoreInputError(f"{path}: probabilities have shape {arr.shape}, not (C, Z, Y, X)")
         return arr.transpose(0, 3, 2, 1)  # (C, Z, Y, X) -> (C, X, Y, Z), a view

@@ -38,6 +38,15 @@ def summary_text(metrics: dict[str, Any], *, layout: str = "", val: dict | None 
         f"Dice {metrics['dice']:.3f}, HD95 {metrics['hd95']:.2f} mm (foreground classes, mean "
         "over cases)."
     ]
+    skipped = metrics.get("source", {}).get("skipped_without_label") or []
+    if skipped:
+        shown = ", ".join(skipped[:20]) + (
+            f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        )
+        parts.append(
+            f"Skipped {len(skipped)} case{'s' if len(skipped) != 1 else ''} without a label map "
+            f"(--allow-missing): {shown}."
+        )
     text = (
         f"On the ground-truth foreground the model is **{_state(gap)}**: mean confidence minus "
         f"accuracy is {gap:+.3f} (foreground ECE {ece:.3f}, per-case mean; ECE over all voxels "
