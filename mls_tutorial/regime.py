@@ -320,11 +320,9 @@ def _cell(preset, iterations, runs, records, choose_seeds, report_seeds, default
     kwargs_of = {run_key({**r.config, "seed": 0}): r.config["loss_kwargs"] for r in runs}
     out_rows: list[dict] = []
 
-    def add(fam: str, key: str | None, which: str, knobs: Mapping | None = None) -> None:
+    def add(fam: str, key: str | None, which: str) -> None:
         if key is None or key not in groups:
-            what = LABELS[fam] + (f" {_knob_str(knobs)}" if knobs else "")
-            missing.append(f"{which} {what}: no run on the report seeds")
-            return
+            return  # a hole: cell_holes names it
         for row in out_rows:
             if row["key"] == key:
                 row["which"].append(which)
@@ -347,9 +345,9 @@ def _cell(preset, iterations, runs, records, choose_seeds, report_seeds, default
             continue
         knobs = defaults.get(fam)
         if knobs is not None:
-            add(fam, key_where(fam, knobs), "default", knobs)
+            add(fam, key_where(fam, knobs), "default")
         if fam in choice:
-            add(fam, choice[fam]["key"], "chosen", choice[fam]["loss_kwargs"])
+            add(fam, choice[fam]["key"], "chosen")
     ce = next((r for r in out_rows if r["family"] == "ce"), None)
     for row in out_rows:
         row["vs_ce"] = {}
@@ -359,14 +357,42 @@ def _cell(preset, iterations, runs, records, choose_seeds, report_seeds, default
             d = paired_difference(row, ce, k)
             row["vs_ce"][k] = {key: d[key] for key in ("mean", "std", "n", "n_better", "diffs")}
             row["vs_ce"][k]["seeds"] = d["seeds"]
-    return {
+    cell = {
         "preset": preset,
         "iterations": iterations,
         "n_runs": len(runs),
         "choice": choice,
         "rows": out_rows,
-        "missing": missing,
+        "defaults": {f: dict(k) for f, k in defaults.items()},
     }
+    cell["missing"] = list(dict.fromkeys(missing + cell_holes(cell)))
+    return cell
+
+
+def cell_holes(cell: Mapping) -> list[str]:
+    """Every hole of ``cell``: CE or CE + TS without report runs; per training-loss family, a
+    knob never re-chosen (no run on the choosing seeds) or a chosen or default knob without
+    runs on the report seeds. A hole is listed, never filled with another knob."""
+    holes = []
+    for fam, which in (("ce", "reference"), ("ce_ts", "default")):
+        if cell_row(cell, fam, which) is None:
+            holes.append(f"{LABELS[fam]}: no run on the report seeds")
+    defaults = cell.get("defaults") or {}
+    for fam in FAMILIES[1:-1]:
+        if fam in defaults and cell_row(cell, fam, "default") is None:
+            holes.append(
+                f"default {LABELS[fam]} {_knob_str(defaults[fam])}: no run on the report seeds"
+            )
+        choice = cell["choice"].get(fam)
+        if choice is None:
+            holes.append(
+                f"{LABELS[fam]}: no knob re-chosen (no runs of its grid on the choosing seeds)"
+            )
+        elif cell_row(cell, fam, "chosen") is None:
+            holes.append(
+                f"chosen {LABELS[fam]} {_knob_str(choice['loss_kwargs'])}: no run on the report seeds"
+            )
+    return holes
 
 
 def _knob_str(knobs: Mapping) -> str:
@@ -471,6 +497,7 @@ def _trends(entry: Mapping[str, Any]) -> dict[str, Any]:
             "change": change,
             "mean_change": _stats(change)[0],
             "n_grew": sum(c < 0 for c in change),
+            "n_shrank": sum(c > 0 for c in change),
             "ce_change": ce_change,
             "ce_n_up": sum(c > 0 for c in ce_change),
         }
@@ -743,73 +770,110 @@ def regime_markdown(study: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def cell_ranking(cell: Mapping) -> list[tuple[float, str, str]]:
-    """Each training-loss family's best reported ECE in ``cell`` (default or re-chosen knob):
-    ``[(ece, family, method)]``, lowest first (CE + TS left out: it is not a training loss)."""
-    best: dict[str, tuple[float, str, str]] = {}
-    for row in cell["rows"]:
-        if row["family"] == "ce_ts" or row.get("ece") is None:
-            continue
-        cand = (row["ece"], row["family"], row["method"])
-        if row["family"] not in best or cand < best[row["family"]]:
-            best[row["family"]] = cand
-    return sorted(best.values())
+def cell_ranking(cell: Mapping, which: str = "chosen") -> list[tuple[float, str, str]]:
+    """The training-loss families of ``cell`` ranked by mean test ECE at their ``which`` knob
+    (``chosen``: re-chosen in the cell; ``default``: the default regime's): ``[(ece, family,
+    method)]``, lowest first. A family whose ``which`` knob has no report runs is a hole
+    (``ranking_holes``), not ranked at another knob; CE + TS is not a training loss."""
+    ranks = []
+    for fam in FAMILIES[:-1]:
+        row = cell_row(cell, fam, "reference" if fam == "ce" else which)
+        if row is not None and row.get("ece") is not None:
+            ranks.append((row["ece"], fam, row["method"]))
+    return sorted(ranks)
+
+
+def ranking_holes(cell: Mapping, which: str = "chosen") -> list[str]:
+    """The training-loss families left out of ``cell_ranking(cell, which)``."""
+    ranked = {f for _, f, _ in cell_ranking(cell, which)}
+    return [f for f in FAMILIES[:-1] if f not in ranked]
+
+
+def seeds_lower(cell: Mapping, a: str, b: str, which: str = "chosen") -> tuple[int, int]:
+    """On how many report seeds family ``a``'s ECE is below family ``b``'s (``which`` knobs;
+    CE is its reference row): ``(k, n)`` over the seeds both have."""
+
+    def by_seed(fam):
+        row = cell_row(cell, fam, "reference" if fam == "ce" else which)
+        return {} if row is None else dict(zip(row["seeds"], row["ece_values"], strict=True))
+
+    ea, eb = by_seed(a), by_seed(b)
+    seeds = [s for s in ea if s in eb and ea[s] is not None and eb[s] is not None]
+    return sum(ea[s] < eb[s] for s in seeds), len(seeds)
 
 
 def unreported_choices(cell: Mapping) -> list[str]:
-    """Families whose knob re-chosen in ``cell`` has no run on the report seeds (only their
-    default knob can be compared there)."""
-    return [
-        f
-        for f in cell["choice"]
-        if f not in ("ce", "ce_ts") and cell_row(cell, f, "chosen") is None
-    ]
+    """Families whose knob re-chosen in ``cell`` has no run on the report seeds, or that were
+    never re-chosen there (holes of the re-chosen ranking)."""
+    return [f for f in ranking_holes(cell, "chosen") if f != "ce"]
 
 
 def finding_paragraph(study: Mapping[str, Any], family: str = "mbls") -> str:
-    """The finding in one paragraph, every number read from ``study`` (``regime.json``).
+    """The finding in one paragraph, every number read from ``study`` (``regime.json``), every
+    trend with the number of seeds that show it.
 
-    (1) Training length, per preset with two lengths: CE's ECE and gap, ``family``'s paired
-    ΔECE vs CE (relative to CE's ECE; seeds better) with the knob re-chosen in each cell (the
-    default knob where the re-chosen one has no report runs), and on how many seeds its
-    advantage grew; "grows" / "shrinks" only when every seed agrees. (2) Capacity, per length
-    with several presets, at the default knob (the same config in every cell). (3) Where
-    ``family`` ranks among the training losses, cell by cell, and what CE + TS reaches.
+    (1) Training length, per preset with two lengths: CE's ECE, ``family``'s paired ΔECE vs CE
+    at the default knob (the same config at both lengths) and at the knob re-chosen in each
+    cell, and on how many seeds the advantage grew ("grows" / "shrinks" only when every seed
+    agrees). (2) Capacity, per length with several presets, at the default knob: the relative
+    change in the means, CE's spread over the seeds (which the relative number divides by), and
+    on how many seeds the per-seed relative change grows from preset to preset. (3) Rankings of
+    the training losses over complete methods only (``cell_ranking``; holes named), at the
+    re-chosen and at the default knobs, with the leader's margin seed by seed and CE + TS.
     """
-    label = LABELS[family]
+    sentences = [
+        *_length_sentences(study, family),
+        *_capacity_sentences(study, family),
+        *_ranking_sentences(study, family),
+    ]
+    if not sentences:
+        return f"The study holds no {LABELS[family]} run to compare with CE."
+    return ". ".join(x[0].upper() + x[1:] for x in sentences) + "."
+
+
+def _verdict(trend: Mapping[str, Any]) -> str:
+    """ "it grows" / "it shrinks" only when every seed agrees."""
+    n = len(trend["seeds"])
+    if trend["n_grew"] == n:
+        return "it grows"
+    if trend.get("n_shrank", n - trend["n_grew"]) == n:
+        return "it shrinks"
+    return "no consistent change"
+
+
+def _length_sentences(study: Mapping[str, Any], family: str) -> list[str]:
+    label, out = LABELS[family], []
     chosen, default = study["findings"]["chosen"], study["findings"]["default"]
-    sentences = []
-    for preset, entry in chosen.items():
-        src, which = entry, "re-chosen"
+    for preset, entry in default.items():
         trend = entry.get("trend", {}).get(family)
-        if trend is None:
-            src, which = default.get(preset, {}), "default"
-            trend = src.get("trend", {}).get(family)
         if trend is None or not trend["seeds"]:
             continue
-        short, long = trend["short"], trend["long"]
-        a, b = src["advantage"][family][str(short)], src["advantage"][family][str(long)]
-        ce_a, ce_b = src["ce"][str(short)], src["ce"][str(long)]
-        n, grew = len(trend["seeds"]), trend["n_grew"]
-        verdict = "it grows" if grew == n else "it shrinks" if grew == 0 else "no consistent change"
-        d_trend = default.get(preset, {}).get("trend", {}).get(family)
-        also = ""
-        if which == "re-chosen" and d_trend is not None and d_trend["seeds"]:
-            da = default[preset]["advantage"][family]
-            also = (
-                f" (default knob {da[str(short)]['method']}: "
-                f"{_pct(da[str(short)]['relative'])} -> {_pct(da[str(long)]['relative'])}, "
-                f"grew on {d_trend['n_grew']} of {len(d_trend['seeds'])} seeds)"
-            )
-        sentences.append(
+        short, long, n = trend["short"], trend["long"], len(trend["seeds"])
+        a, b = (entry["advantage"][family][str(x)] for x in (short, long))
+        ce_a, ce_b = entry["ce"][str(short)], entry["ce"][str(long)]
+        text = (
             f"with the {preset} U-Net, from {short} to {long} iterations CE's foreground ECE goes "
-            f"{ce_a['ece']:.3f} -> {ce_b['ece']:.3f} (gap {ce_a['gap']:+.3f} -> {ce_b['gap']:+.3f}, "
-            f"higher on {trend['ce_n_up']} of {n} seeds) and {label}'s paired ECE difference to "
-            f"CE ({which} knob: {a['method']} -> {b['method']}) goes {a['delta_ece']:+.3f} "
-            f"({_pct(a['relative'])}, lower than CE on {a['n_better']}/{a['n']} seeds) -> "
-            f"{b['delta_ece']:+.3f} ({_pct(b['relative'])}, {b['n_better']}/{b['n']}); its "
-            f"advantage grew on {grew} of {n} seeds: {verdict}{also}"
+            f"{ce_a['ece']:.3f} -> {ce_b['ece']:.3f} (higher on {trend['ce_n_up']} of {n} "
+            f"seeds) and {label}'s paired ECE difference to CE at the default knob "
+            f"({a['method']}) goes {a['delta_ece']:+.3f} ({_pct(a['relative'])}, lower than CE "
+            f"on {a['n_better']}/{a['n']} seeds) -> {b['delta_ece']:+.3f} "
+            f"({_pct(b['relative'])}, {b['n_better']}/{b['n']}); its advantage grew on "
+            f"{trend['n_grew']} of {n} seeds: {_verdict(trend)}"
         )
+        c_trend = chosen.get(preset, {}).get("trend", {}).get(family)
+        if c_trend and c_trend["seeds"]:
+            ca, cb = (chosen[preset]["advantage"][family][str(x)] for x in (short, long))
+            text += (
+                f"; with the knob re-chosen in each cell ({ca['method']} -> {cb['method']}) "
+                f"{_pct(ca['relative'])} -> {_pct(cb['relative'])}, grew on "
+                f"{c_trend['n_grew']} of {len(c_trend['seeds'])} seeds: {_verdict(c_trend)}"
+            )
+        out.append(text)
+    return out
+
+
+def _capacity_sentences(study: Mapping[str, Any], family: str) -> list[str]:
+    label, default, out = LABELS[family], study["findings"]["default"], []
     by_length: dict[int, list[str]] = {}
     for preset, entry in default.items():
         for n in entry["lengths"]:
@@ -818,52 +882,75 @@ def finding_paragraph(study: Mapping[str, Any], family: str = "mbls") -> str:
     for n, presets in sorted(by_length.items()):
         if len(presets) < 2:
             continue
-        items, rels, alls = [], [], True
-        for p in presets:
-            a, ce = default[p]["advantage"][family][str(n)], default[p]["ce"][str(n)]
+        adv = [default[p]["advantage"][family][str(n)] for p in presets]
+        items = []
+        for p, a in zip(presets, adv, strict=True):
+            ce = [v for v in a["ce_by_seed"].values() if v is not None]
             items.append(
-                f"{p} {_pct(a['relative'])} ({a['n_better']}/{a['n']}; CE's ECE {ce['ece']:.3f})"
+                f"{p} {_pct(a['relative'])} (lower on {a['n_better']}/{a['n']}; CE's ECE "
+                f"{min(ce):.3f}-{max(ce):.3f} over the seeds)"
             )
-            rels.append(a["relative"])
-            alls = alls and a["n_better"] == a["n"]
-        monotone = all(x is not None for x in rels) and all(
+        rels = [a["relative"] for a in adv]
+        means_grow = all(x is not None for x in rels) and all(
             y < x for x, y in zip(rels, rels[1:], strict=False)
         )
-        verdict = (
-            "the larger the network, the larger the relative advantage (below CE on every seed)"
-            if monotone and alls
-            else "no consistent trend with capacity"
+        seeds = sorted(set.intersection(*(set(a["by_seed"]) for a in adv)), key=int)
+        grow = 0
+        for s in seeds:
+            r = [a["by_seed"][s] / a["ce_by_seed"][s] for a in adv]
+            grow += all(y < x for x, y in zip(r, r[1:], strict=False))
+        out.append(
+            f"at {n} iterations, with the default knob ({adv[0]['method']}), {label}'s relative "
+            f"ECE change against CE is {', '.join(items)}: "
+            + (
+                "in the means, the larger the preset, the larger the relative reduction"
+                if means_grow
+                else "no monotone trend in the means"
+            )
+            + f"; seed by seed the relative reduction grows from preset to preset on {grow} of "
+            f"{len(seeds)} seeds"
         )
-        sentences.append(
-            f"at {n} iterations, with the default knob ({a['method']}), {label}'s ECE change "
-            f"against CE is {', '.join(items)}: {verdict}"
+    return out
+
+
+def _ranking_sentences(study: Mapping[str, Any], family: str) -> list[str]:
+    label, parts, ts_below = LABELS[family], [], {"chosen": 0, "default": 0}
+    cells = list(study["cells"])
+    for which in ("chosen", "default"):
+        texts = []
+        for cell in cells:
+            ranks = cell_ranking(cell, which)
+            if not ranks:
+                continue
+            names = [f for _, f, _ in ranks]
+            text = f"{cell['preset']} {cell['iterations']}: " + " < ".join(
+                f"{m} {e:.3f}" for e, _, m in ranks
+            )
+            if len(ranks) > 1:
+                k, n = seeds_lower(cell, ranks[0][1], ranks[1][1], which)
+                text += f" (first below second on {k} of {n} seeds)"
+            if family in names:
+                text += f", {label} {names.index(family) + 1} of {len(ranks)}"
+            holes = [LABELS[f] for f in ranking_holes(cell, which)]
+            if holes:
+                text += f"; not ranked (no report runs at this knob): {', '.join(holes)}"
+            texts.append(text)
+            ts = cell_row(cell, "ce_ts", "default")
+            if ts is not None and ts.get("ece") is not None and ts["ece"] <= ranks[0][0]:
+                ts_below[which] += 1
+        if texts:
+            knob = "the knob re-chosen in each cell" if which == "chosen" else "the default knobs"
+            parts.append(
+                f"ranked by test ECE at {knob}, over the methods that ran on the report seeds: "
+                + "; ".join(texts)
+            )
+    if parts:
+        parts.append(
+            f"CE + TS is at or below the first training loss in {ts_below['chosen']} of "
+            f"{len(cells)} cells at the re-chosen knobs and in {ts_below['default']} of "
+            f"{len(cells)} at the default knobs"
         )
-    best_in = []
-    for cell in study["cells"]:
-        ranks = cell_ranking(cell)
-        if not ranks or all(f != family for _, f, _ in ranks):
-            continue
-        pos = [f for _, f, _ in ranks].index(family) + 1
-        top_ece, _, top = ranks[0]
-        ts = next((r for r in cell["rows"] if r["family"] == "ce_ts"), None)
-        text = f"{cell['preset']} {cell['iterations']}: {label} ranks {pos} of {len(ranks)}"
-        if pos > 1:
-            text += f" (best {top}, ECE {top_ece:.3f})"
-        unrun = [LABELS[f] for f in unreported_choices(cell)]
-        if unrun:
-            text += f" with {', '.join(unrun)} at the default knob only (re-chosen one not run)"
-        if ts is not None and ts.get("ece") is not None:
-            text += f", CE + TS {ts['ece']:.3f}"
-        best_in.append(text)
-    if best_in:
-        sentences.append(
-            "among the training losses (each at its better knob, mean test ECE): "
-            + "; ".join(best_in)
-        )
-    if not sentences:
-        return f"The study holds no {label} run to compare with CE."
-    text = ". ".join(x[0].upper() + x[1:] for x in sentences)
-    return text + "."
+    return parts
 
 
 def _pct(x: float | None) -> str:
