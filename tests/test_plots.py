@@ -703,3 +703,21 @@ def test_classwise_reliability_titles_its_own_subfigure():
         assert f"CECE = {ceces[i]:.4f}" in sub._suptitle.get_text()
     assert fig._suptitle is None
     plt.close(fig)
+
+
+def test_training_curves_keep_one_scale_per_panel():
+    """Seven validation series on one axis hid the small ones: DSC, ECE and the gap share the
+    validation panel, the NLL goes next to the training loss (same unit), the rest stay out."""
+    keys = ("dice", "ece", "cece", "nll", "brier", "gap", "ece_all")
+    history = {
+        "iteration": [1, 2, 3, 4],
+        "loss": [1.0, 0.8, 0.6, 0.4],
+        "val_iteration": [2, 4],
+        **{f"val_fg_{k}": [0.1 * (i + 1), 0.2 * (i + 1)] for i, k in enumerate(keys)},
+    }
+    ax_loss, ax_val = plots.training_curves(history).axes[:2]
+    labels = {ln.get_label() for ln in ax_val.lines if not ln.get_label().startswith("_")}
+    assert labels == {"fg_dice", "fg_ece", "fg_gap"}
+    nll = next(ln for ln in ax_loss.lines if ln.get_label() == "validation NLL (fg)")
+    assert list(nll.get_ydata()) == history["val_fg_nll"]
+    assert list(nll.get_xdata()) == [2, 4]
