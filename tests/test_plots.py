@@ -675,6 +675,11 @@ def test_weight_sweep_draws_one_line_per_family_sorted_by_weight():
     assert ece_ls.get_ydata().tolist() == [0.10, 0.07]
     assert any(line.get_ydata()[0] == 0.09 for line in axes[1].get_lines())  # CE's gap line
     assert list(plots.weight_curves(rows, families=("ls",))) == ["LS"]
+    assert axes[0].get_xlabel() == "penalty weight (alpha; beta for ECP)"
+    fig = Figure()
+    axes = fig.subplots(1, 3)
+    plots.weight_sweep(rows, ax=axes, families=("ls", "mbls"))  # no ECP drawn: no beta named
+    assert axes[0].get_xlabel() == "penalty weight (alpha)"
     with pytest.raises(ValueError, match="two or more weights"):
         plots.weight_sweep(rows[6:8])
 
