@@ -145,6 +145,9 @@ def test_reliability_under_confident_gap_has_its_own_opaque_colour_in_the_legend
     assert face_over == {face_over.copy().pop()} and face_under not in face_over
     assert face_under[3] == 1.0  # opaque: no purple blend with the blue bar underneath
     texts = [t.get_text() for t in ax_rel.get_legend().get_texts()]
+    ax_rel.figure.canvas.draw()
+    box = ax_rel.get_legend().get_window_extent().transformed(ax_rel.transAxes.inverted())
+    assert box.x0 >= 1.0  # right of the bars, never over them
     assert {"over-confident gap", "under-confident gap", "accuracy"} <= set(texts)
     # both colours are explained even when every bin is over-confident
     only_over = {**rel, "accuracy": [np.nan, np.nan, 0.3, 0.6, 0.7]}

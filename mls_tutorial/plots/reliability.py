@@ -93,7 +93,7 @@ def reliability_diagram(meter_or_dict, cls: int | None = None, ax=None, title: s
     from ``conf`` up to ``acc``) and ``"counts"``; the ECE/N text has ``gid="annotation"``.
     """
     rel = reliability_data(meter_or_dict, cls)
-    axes = axes_grid(ax, 2, direction="column", ratios=(3, 1), figsize=(4.5, 5.5))
+    axes = axes_grid(ax, 2, direction="column", ratios=(3, 1), figsize=(6.6, 5.5))
     _draw(rel, cls, *axes, title=title, legend=True)
     return root_figure(axes[0])
 
@@ -148,8 +148,8 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
             for h in ax_rel.get_legend_handles_labels()[0]
             if h.get_label() == "perfect calibration"
         ]
-        ax_rel.legend(
-            handles=handles, loc="upper left", bbox_to_anchor=(0.0, 0.82), fontsize="small"
+        ax_rel.legend(  # right of the axes: never over a bar
+            handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small"
         )
     if title:
         ax_rel.set_title(title)
@@ -190,7 +190,7 @@ def classwise_reliability(
     k = len(per_class)
     class_names = class_names_for(class_names, k)
     if ax is None or isinstance(ax, Axes):  # a 2 x K block: diagrams above their counts
-        flat = axes_block(ax, 2, k, figsize=(3.2 * k, 5.0), height_ratios=(3, 1))
+        flat = axes_block(ax, 2, k, figsize=(3.2 * k + 2.0, 5.0), height_ratios=(3, 1))
         pairs = [(flat[c], flat[k + c]) for c in range(k)]
     else:
         flat = axes_grid(ax, 2 * k, name="ax")
