@@ -118,3 +118,24 @@ def test_rankings_and_temperature_scaling_claims(study, section9):
     }
     assert below == {"chosen": 3, "default": 4}
     assert "in every cell at the default knobs and in 3 of 4 at the re-chosen ones" in text
+
+
+def test_the_readme_says_what_section_9_says(study):
+    text = _flat((ROOT / "README.md").read_text())
+    default = study["findings"]["default"]
+    tiny = default["tiny"]
+    ce = tiny["ce"]
+    assert f"({ce['1000']['ece']:.3f} -> {ce['4000']['ece']:.3f})" in text
+    adv, trend = tiny["advantage"]["mbls"], tiny["trend"]["mbls"]
+    a, b = (round(-100 * adv[n]["relative"]) for n in ("1000", "4000"))
+    assert f"grows from {a}% to {b}% (on {trend['n_grew']} of {len(trend['seeds'])} seeds" in text
+    paper = round(-100 * default["paper"]["advantage"]["mbls"]["1000"]["relative"])
+    assert f"the mean reduction reaches {paper}%" in text
+    cells = _cells(study)
+    leaders = {cell_ranking(c, "default")[0][1] for c in cells.values()}
+    assert leaders == {"ecp", "cals"}  # "ECP or CALS is the best training loss in every cell"
+    assert all(cell_ranking(c, "default")[1][1] == "mbls" for c in cells.values())
+    assert all(
+        cell_row(c, "ce_ts", "default")["ece"] <= cell_ranking(c, "default")[0][0]
+        for c in cells.values()
+    )
