@@ -159,7 +159,7 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
     mean_conf = float(np.sum(counts[filled] * conf) / total)
     ax_cnt.bar(left, counts[filled], color="0.6", edgecolor="k", label="counts", **bars)
     ax_cnt.set_yscale("log")
-    ax_cnt.set_ylim(0.7, counts.max() * 30)  # headroom for the legend
+    ax_cnt.set_ylim(0.7, counts.max() * 30)
     ax_cnt.axvline(overall, color="C0", lw=1.5, label=f"{what} {overall:.3f}", gid="overall")
     ax_cnt.axvline(
         mean_conf,
@@ -171,7 +171,7 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
     )
     ax_cnt.set(xlim=(lo, hi), ylabel="count")
     ax_cnt.set_xlabel("confidence" if cls is None else f"$s_{{{cls}}}$")
-    ax_cnt.legend(loc="upper left", fontsize="x-small", ncols=2, frameon=False)
+    ax_cnt.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small", frameon=False)
 
 
 def classwise_reliability(
