@@ -83,8 +83,13 @@ def _check_reliability(rel: Mapping) -> dict:
     )
 
 
-def reliability_diagram(meter_or_dict, cls: int | None = None, ax=None, title: str | None = None):
+def reliability_diagram(
+    meter_or_dict, cls: int | None = None, ax=None, title: str | None = None, legend: bool = True
+):
     """Draw the reliability diagram; returns the figure.
+
+    The legends sit right of the axes, never over a bar; ``legend=False`` leaves them out (a
+    row of diagrams needs them once, on its last panel).
 
     ``cls=None`` is the top-label diagram (ECE); ``cls=k`` the classwise one for class ``k``
     (its mean over classes is CECE). ``ax``: None, one Axes (split into diagram + counts), or two
@@ -94,7 +99,7 @@ def reliability_diagram(meter_or_dict, cls: int | None = None, ax=None, title: s
     """
     rel = reliability_data(meter_or_dict, cls)
     axes = axes_grid(ax, 2, direction="column", ratios=(3, 1), figsize=(6.6, 5.5))
-    _draw(rel, cls, *axes, title=title, legend=True)
+    _draw(rel, cls, *axes, title=title, legend=legend)
     return root_figure(axes[0])
 
 
@@ -127,8 +132,14 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
     ax_rel.set(xlim=(lo, hi), ylim=(0, 1))
     ax_rel.set_ylabel("accuracy" if cls is None else f"frequency of class {cls}")
     ax_rel.tick_params(labelbottom=False)
+    total = counts[filled].sum()
+    overall = float(np.sum(counts[filled] * acc) / total)
+    mean_conf = float(np.sum(counts[filled] * conf) / total)
     name = "ECE" if cls is None else f"ECE$_{{{cls}}}$"
-    text = f"{name} = {rel['ece']:.4f}\nN = {int(round(rel['n'])):,}"
+    text = (
+        f"{name} = {rel['ece']:.4f}\nN = {int(round(rel['n'])):,}\n"
+        f"{what} {overall:.3f}\nmean conf. {mean_conf:.3f}"
+    )
     box = dict(boxstyle="round", fc="white", alpha=0.8)
     ax_rel.text(
         0.04,
@@ -154,9 +165,6 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
     if title:
         ax_rel.set_title(title)
 
-    total = counts[filled].sum()
-    overall = float(np.sum(counts[filled] * acc) / total)
-    mean_conf = float(np.sum(counts[filled] * conf) / total)
     ax_cnt.bar(left, counts[filled], color="0.6", edgecolor="k", label="counts", **bars)
     ax_cnt.set_yscale("log")
     ax_cnt.set_ylim(0.7, counts.max() * 30)
@@ -171,7 +179,10 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
     )
     ax_cnt.set(xlim=(lo, hi), ylabel="count")
     ax_cnt.set_xlabel("confidence" if cls is None else f"$s_{{{cls}}}$")
-    ax_cnt.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small", frameon=False)
+    if legend:
+        ax_cnt.legend(
+            loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small", frameon=False
+        )
 
 
 def classwise_reliability(
