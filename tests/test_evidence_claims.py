@@ -139,3 +139,19 @@ def test_the_readme_says_what_section_9_says(study):
         cell_row(c, "ce_ts", "default")["ece"] <= cell_ranking(c, "default")[0][0]
         for c in cells.values()
     )
+
+
+def test_section_10_tables_are_the_ones_length_json_gives():
+    from mls_tutorial.after_ts import after_ts_markdown
+    from mls_tutorial.length_curve import length_markdown
+
+    study = json.loads((EVIDENCE / "length.json").read_text())
+    text = (ROOT / "docs" / "results.md").read_text()
+    for marker, table in (
+        ("after-ts", after_ts_markdown(study["after_ts"])),
+        ("length-ece", length_markdown(study["length"]["ece"], "ece")),
+    ):
+        block = text.split(f"<!-- {marker}:")[1].split(f"<!-- /{marker}")[0]
+        got = "\n".join(line for line in block.splitlines() if line.startswith("|"))
+        assert got.strip() == table.strip(), marker
+    assert (EVIDENCE / "length.md").read_text().count(after_ts_markdown(study["after_ts"])) == 1
