@@ -344,6 +344,19 @@ def report(args) -> None:
         "length": series,
         "missing": missing_text,
         "distance_figure_lengths": drawn,
+        "histograms": [  # test logit distances of the drawn runs (the figure's data)
+            {
+                "method": r.label,
+                "iterations": r.config["iterations"],
+                "seed": r.config["seed"],
+                "histogram": r.metrics["histogram"],
+            }
+            for r in q2
+            if r.config["seed"] == LADDER_SEEDS[0]
+            and r.config["iterations"] in drawn
+            and not r.config["temperature_scaling"]
+            and r.config["select_metric"] == "last"
+        ],
     }
     out = args.out
     write_json(study, out / "length.json")
