@@ -264,6 +264,19 @@ def _against_evidence(runs) -> str:
     )
 
 
+def _update_blocks(path: Path, blocks: dict[str, str]) -> None:
+    """Replace the text between ``<!-- name: ... -->`` and ``<!-- /name -->`` in ``path``."""
+    import re
+
+    text = path.read_text()
+    for name, table in blocks.items():
+        pattern = re.compile(rf"(<!-- {name}:[^>]*-->\n)(.*?)(<!-- /{name} -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"{path} has no <!-- {name}: --> block")
+        text = pattern.sub(lambda m, t=table: m.group(1) + t + m.group(3), text)
+    path.write_text(text)
+
+
 def report(args) -> None:
 
     from mls_tutorial.after_ts import after_ts_markdown, after_ts_rows
@@ -421,6 +434,11 @@ def report(args) -> None:
             "",
         ]
     atomic_write(out / "length.md", lambda f: f.write("\n".join(md).encode()))
+    if out == EVIDENCE:  # the tables docs/results.md quotes, between their markers
+        _update_blocks(
+            ROOT / "docs" / "results.md",
+            {"after-ts": after_ts_markdown(entries), "length-ece": length_markdown(series["ece"])},
+        )
     print(f"report: {len(runs)} runs -> {out / 'length.md'}")
 
 

@@ -14,9 +14,14 @@ run went into memorisation (``history_divergence``) and its logit distances at t
 training (``measure_distances``: exact mean and share above the margin, on the test volumes and
 on the training images, kept in the run folder's ``distances.json``).
 
+Every cell is complete or has holes, never a substitute: a knob re-chosen in a cell but not
+trained on the report seeds, or a family never re-chosen there, is listed by ``cell_holes``
+and left out of ``cell_ranking`` (which ranks at the re-chosen or at the default knobs).
+
 ``regime_study(runs, ...)`` -> the dict written as ``regime.json`` (protocol, cells, findings,
 CE's distance histograms); ``regime_markdown`` / ``records_csv`` its tables;
-``finding_paragraph`` the finding in one paragraph, every number read from the dict.
+``finding_paragraph`` the finding in one paragraph, every number read from the dict and every
+trend with the number of seeds that show it.
 """
 
 from __future__ import annotations
