@@ -274,3 +274,28 @@ def test_study_script_fast_end_to_end(tmp_path):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "tar" / "runs_tiny.tar.xz").stat().st_size > 0
     assert "--fast" in (out / "regime.md").read_text().split("```")[1]
+
+
+def test_capacity_panels_join_no_presets_and_curves_skip_single_lengths(tmp_path):
+    """Presets are categories (no line from one architecture to the next); a preset trained at
+    one length has no curve against length; the y labels say what the error bars are."""
+    from matplotlib.figure import Figure
+
+    from mls_tutorial import plots
+
+    study, _ = build(tmp_path)
+    study = json.loads(json.dumps(study))
+    small = json.loads(json.dumps(study["cells"][0]))
+    small["preset"] = "small"  # a second preset, at 1000 iterations only
+    study["cells"].append(small)
+    fig = Figure()
+    plots.regime_capacity(study, keys=("ece",), ax=fig.add_subplot(), iterations=1000)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny", "small"]
+    drawn = [ln for ln in ax.lines if ln.get_gid() and ln.get_gid().startswith("ece:")]
+    assert drawn and all(ln.get_linestyle() == "None" for ln in drawn)
+    assert "mean ± sample sd over seeds 4, 5" in ax.get_ylabel()
+    fig = Figure()
+    plots.regime_curves(study, keys=("ece", "gap"), ax=list(fig.subplots(1, 2)))
+    assert all(ax.get_title().startswith("tiny U-Net") for ax in fig.axes)  # small: one length
+    assert fig.legends and all(ax.get_legend() is None for ax in fig.axes)
