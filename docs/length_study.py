@@ -279,8 +279,8 @@ def _update_blocks(path: Path, blocks: dict[str, str]) -> None:
 
 def report(args) -> None:
 
-    from mls_tutorial.after_ts import after_ts_markdown, after_ts_rows
-    from mls_tutorial.length_curve import length_markdown, length_series
+    from mls_tutorial.after_ts import after_ts_markdown, after_ts_rows, after_ts_sentences
+    from mls_tutorial.length_curve import length_markdown, length_sentences, length_series
     from mls_tutorial.plots.length import length_curves
     from mls_tutorial.results import results_table
     from mls_tutorial.runs import find_runs, normalize_config, run_label
@@ -295,7 +295,11 @@ def report(args) -> None:
         and r.config["select_metric"] == "last"
         and r.config["seed"] in TS_SEEDS
     ]
-    entries = after_ts_rows(results_table(q1))
+    q1, partial1 = _complete(q1, TS_SEEDS)  # a loss is compared on all five seeds or not at all
+    try:
+        entries = after_ts_rows(results_table(q1))
+    except ValueError:  # CE or CE + TS not on every seed yet: nothing to compare
+        entries = []
     # question 2: the ladders on the report seeds
     q2, partial = _complete(
         [
@@ -331,10 +335,14 @@ def report(args) -> None:
     grouped: dict[tuple[str, tuple], list[int]] = {}
     for (label, n), seeds in by_run.items():
         grouped.setdefault((label, tuple(seeds)), []).append(n)
-    missing_text = [
-        f"{label} at {'/'.join(map(str, ns))} it (seeds {', '.join(map(str, seeds))})"
-        for (label, seeds), ns in grouped.items()
-    ] + partial
+    missing_text = (
+        [
+            f"{label} at {'/'.join(map(str, ns))} it (seeds {', '.join(map(str, seeds))})"
+            for (label, seeds), ns in grouped.items()
+        ]
+        + partial1
+        + partial
+    )
     agree = _against_evidence(q1)
     seconds = sorted(
         r.history["seconds"]
@@ -407,6 +415,8 @@ def report(args) -> None:
         "TS does not change the argmax, so Dice is the loss's own.",
         "",
         after_ts_markdown(entries),
+        "\n".join(f"- {x}." for x in after_ts_sentences(entries)),
+        "",
         "## 2. The curve over training length (report seeds "
         + ", ".join(map(str, LADDER_SEEDS))
         + ")",
@@ -418,6 +428,8 @@ def report(args) -> None:
         "### Foreground ECE (test)",
         "",
         length_markdown(series["ece"], "ece"),
+        "\n".join(f"- {x}." for x in length_sentences(series["ece"])),
+        "",
         "### conf - acc (fg, test)",
         "",
         length_markdown(series["gap"], "gap"),
@@ -437,7 +449,16 @@ def report(args) -> None:
     if out == EVIDENCE:  # the tables docs/results.md quotes, between their markers
         _update_blocks(
             ROOT / "docs" / "results.md",
-            {"after-ts": after_ts_markdown(entries), "length-ece": length_markdown(series["ece"])},
+            {
+                "after-ts": after_ts_markdown(entries)
+                + "\n"
+                + "\n".join(f"- {x}." for x in after_ts_sentences(entries))
+                + "\n",
+                "length-ece": length_markdown(series["ece"])
+                + "\n"
+                + "\n".join(f"- {x}." for x in length_sentences(series["ece"]))
+                + "\n",
+            },
         )
     print(f"report: {len(runs)} runs -> {out / 'length.md'}")
 

@@ -123,3 +123,30 @@ def after_ts_markdown(entries: Sequence[Mapping[str, Any]], reference: str = "CE
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _verdict(d: Mapping, better: str, worse: str) -> str:
+    if d["n_better"] == d["n"]:
+        return f"{better} on every seed"
+    if d["n_better"] == 0:
+        return f"{worse} on every seed"
+    return "no consistent difference"
+
+
+def after_ts_sentences(entries: Sequence[Mapping[str, Any]], reference: str = "CE") -> list[str]:
+    """One sentence per loss, every number and seed count read from ``entries``: its ECE
+    against the reference before TS, then with TS on both, and the temperature it got."""
+    out = []
+    for e in entries:
+        d, before = e["vs_ref_ts"], e["vs_ref"]
+        if d is None or before is None:
+            continue
+        t = e["ts"].get("temperature")
+        out.append(
+            f"{e['method']}: ΔECE vs {reference} {before['mean']:+.3f} before TS (lower on "
+            f"{before['n_better']} of {before['n']} seeds); with TS on both, "
+            f"{d['mean']:+.3f} (lower on {d['n_better']} of {d['n']}): "
+            + _verdict(d, f"better than {reference} + TS", f"worse than {reference} + TS")
+            + ("" if t is None else f"; mean fitted T {t:.2f}")
+        )
+    return out

@@ -105,3 +105,21 @@ def length_markdown(series: Sequence[Mapping[str, Any]], key: str = "ece") -> st
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def length_sentences(series: Sequence[Mapping[str, Any]], key: str = "ece") -> list[str]:
+    """One sentence per series with a reference, every number and seed count read from
+    ``series``: its paired difference to the reference at each length."""
+    better = "lower" if key in LOWER_IS_BETTER else "higher"
+    out = []
+    for s in series:
+        pts = [p for p in s["points"] if p["vs_ref"]]
+        if not pts:
+            continue
+        parts = [
+            f"{p['iterations']} it {p['vs_ref']['mean']:+.3f} ({better} on "
+            f"{p['vs_ref']['n_better']}/{p['vs_ref']['n']})"
+            for p in pts
+        ]
+        out.append(f"{s['label']}: " + ", ".join(parts))
+    return out

@@ -141,17 +141,20 @@ def test_the_readme_says_what_section_9_says(study):
     )
 
 
-def test_section_10_tables_are_the_ones_length_json_gives():
-    from mls_tutorial.after_ts import after_ts_markdown
-    from mls_tutorial.length_curve import length_markdown
+def test_section_10_tables_and_sentences_are_the_ones_length_json_gives():
+    from mls_tutorial.after_ts import after_ts_markdown, after_ts_sentences
+    from mls_tutorial.length_curve import length_markdown, length_sentences
 
     study = json.loads((EVIDENCE / "length.json").read_text())
     text = (ROOT / "docs" / "results.md").read_text()
-    for marker, table in (
-        ("after-ts", after_ts_markdown(study["after_ts"])),
-        ("length-ece", length_markdown(study["length"]["ece"], "ece")),
+    series = study["length"]["ece"]
+    for marker, table, sentences in (
+        ("after-ts", after_ts_markdown(study["after_ts"]), after_ts_sentences(study["after_ts"])),
+        ("length-ece", length_markdown(series, "ece"), length_sentences(series)),
     ):
         block = text.split(f"<!-- {marker}:")[1].split(f"<!-- /{marker}")[0]
         got = "\n".join(line for line in block.splitlines() if line.startswith("|"))
         assert got.strip() == table.strip(), marker
+        bullets = [line[2:].rstrip(".") for line in block.splitlines() if line.startswith("- ")]
+        assert bullets == sentences, marker
     assert (EVIDENCE / "length.md").read_text().count(after_ts_markdown(study["after_ts"])) == 1
