@@ -122,3 +122,23 @@ def test_length_curves_draw_every_series_with_its_spread_named():
     assert ax_ece.get_legend() is None  # the legend is the figure's, off the data
     with pytest.raises(ValueError, match="empty"):
         length_curves({})
+
+
+def test_sentences_carry_the_seed_counts_and_claim_only_what_every_seed_shows():
+    from mls_tutorial.after_ts import after_ts_sentences
+    from mls_tutorial.length_curve import length_sentences
+
+    rows = [
+        row("ce", CE),
+        row("ce", CE_TS, ts=True),
+        row("mbls", MBLS, margin=5.0),
+        row("mbls", MBLS_TS, ts=True, margin=5.0),
+        row("ls", [0.2, 0.2, 0.2], alpha=0.1),
+        row("ls", [0.06, 0.06, 0.06], ts=True, alpha=0.1),
+    ]
+    mbls, ls = after_ts_sentences(after_ts_rows(rows))
+    assert mbls.startswith("MbLS m=5: ΔECE vs CE -0.017 before TS (lower on 2 of 3 seeds)")
+    assert "+0.010 (lower on 1 of 3): no consistent difference" in mbls
+    assert "(lower on 0 of 3): worse than CE + TS on every seed; mean fitted T 1.50" in ls
+    series = length_series([row("ce", CE), row("mbls", MBLS, margin=5.0)], "ece")
+    assert length_sentences(series) == ["MbLS m=5: 1000 it -0.017 (lower on 2/3)"]
