@@ -136,10 +136,7 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
     overall = float(np.sum(counts[filled] * acc) / total)
     mean_conf = float(np.sum(counts[filled] * conf) / total)
     name = "ECE" if cls is None else f"ECE$_{{{cls}}}$"
-    text = (
-        f"{name} = {rel['ece']:.4f}\nN = {int(round(rel['n'])):,}\n"
-        f"{what} {overall:.3f}\nmean conf. {mean_conf:.3f}"
-    )
+    text = f"{name} = {rel['ece']:.4f}\nN = {int(round(rel['n'])):,}"
     box = dict(boxstyle="round", fc="white", alpha=0.8)
     ax_rel.text(
         0.04,
@@ -176,6 +173,16 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
         lw=1.5,
         label=f"mean confidence {mean_conf:.3f}",
         gid="mean_confidence",
+    )
+    ax_cnt.text(  # the two lines' values, in the empty low-confidence corner
+        0.02,
+        0.95,
+        f"{what} {overall:.3f}\nmean confidence {mean_conf:.3f}",
+        transform=ax_cnt.transAxes,
+        va="top",
+        ha="left",
+        fontsize="x-small",
+        gid="overall_text",
     )
     ax_cnt.set(xlim=(lo, hi), ylabel="count")
     ax_cnt.set_xlabel("confidence" if cls is None else f"$s_{{{cls}}}$")
