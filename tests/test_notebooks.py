@@ -415,6 +415,8 @@ def test_notebook_runs_with_its_defaults_from_shipped_runs(
     if path.stem == "03_calibration_evaluation":
         check_03_claim(metrics)
         check_03_prose(metrics)
+    if path.stem == "04_your_own_data":
+        check_04_prose(metrics)
 
 
 @pytest.mark.parametrize("stem", sorted(TRAINING_EXERCISES))
@@ -508,3 +510,11 @@ def test_notebook_05_defaults_are_the_configs_chosen_on_validation():
     assert config["mbls"]["loss_kwargs"]["alpha"] == default["alpha"]
     # the evidence folder the notebook reads by default is the repository's
     assert (NOTEBOOK_DIR / default["evidence_dir"]).resolve() == (ROOT / "docs" / "evidence")
+
+
+def check_04_prose(m: dict):
+    """The numbers notebook 04's prose quotes for its defaults are the ones it printed."""
+    text = _markdown("04_your_own_data")
+    acdc = m["acdc"]
+    assert acdc["gap"] < 0 and "*under*-confident" in text
+    assert f"is about {acdc['gap']:.2f}, and the foreground ECE about {acdc['ece']:.2f}" in text
