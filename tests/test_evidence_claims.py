@@ -158,3 +158,30 @@ def test_section_10_tables_and_sentences_are_the_ones_length_json_gives():
         bullets = [line[2:].rstrip(".") for line in block.splitlines() if line.startswith("- ")]
         assert bullets == sentences, marker
     assert (EVIDENCE / "length.md").read_text().count(after_ts_markdown(study["after_ts"])) == 1
+
+
+def test_section_10_prose_on_temperature_scaling():
+    study = json.loads((EVIDENCE / "length.json").read_text())
+    text = (ROOT / "docs" / "results.md").read_text()
+    text = _flat(text[text.index("## 10.") : text.index("## Where these data disagree")])
+    e = {x["method"].split()[0]: x for x in study["after_ts"]}
+    assert set(e) == {"CE", "LS", "ECP", "MbLS"}
+    for name, phrase in (("MbLS", "MbLS {:+.3f} on {} of {}"), ("ECP", "ECP {:+.3f} on {} of {}")):
+        d = e[name]["vs_ref"]
+        assert phrase.format(d["mean"], d["n_better"], d["n"]).replace("+", "") in text
+    for name in ("LS", "ECP", "MbLS"):  # "each is above CE + TS on 4 of 5 seeds"
+        d = e[name]["vs_ref_ts"]
+        assert sum(x > 0 for x in d["diffs"]) == 4 and d["n"] == 5
+    ts = [e[n]["ts"]["ece"] for n in ("LS", "ECP", "MbLS")]
+    assert f"{min(ts):.3f}-{max(ts):.3f} against {e['CE']['ts']['ece']:.3f}" in text
+    t = {n: f"{e[n]['ts']['temperature']:.2f}" for n in e}
+    assert (
+        f"mean {t['MbLS']} for MbLS, {t['LS']} for LS, {t['ECP']} for ECP, against {t['CE']}"
+        in text
+    )
+    assert all(round(e[n]["ts"]["gap"], 2) == 0.05 for n in ("LS", "ECP", "MbLS"))
+    assert f"CE + TS ends at {e['CE']['ts']['gap']:.3f}" in text
+    val = {n: e[n]["ts"]["val_gap"] for n in e}
+    assert f"mean gap {val['CE']:+.2f} for CE + TS" in text
+    others = sorted(round(val[n], 2) for n in ("LS", "ECP", "MbLS"))
+    assert f"{others[0]:+.2f} to {others[-1]:+.2f} for the others" in text
