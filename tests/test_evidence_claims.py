@@ -185,3 +185,17 @@ def test_section_10_prose_on_temperature_scaling():
     assert f"mean gap {val['CE']:+.2f} for CE + TS" in text
     others = sorted(round(val[n], 2) for n in ("LS", "ECP", "MbLS"))
     assert f"{others[0]:+.2f} to {others[-1]:+.2f} for the others" in text
+
+
+def test_the_readme_says_what_section_10_says():
+    study = json.loads((EVIDENCE / "length.json").read_text())
+    text = _flat((ROOT / "README.md").read_text())
+    e = {x["method"].split()[0]: x for x in study["after_ts"]}
+    ts = [e[n]["ts"]["ece"] for n in ("LS", "ECP", "MbLS")]
+    assert (
+        f"(foreground ECE {min(ts):.3f}-{max(ts):.3f} against {e['CE']['ts']['ece']:.3f})" in text
+    )
+    assert all(sum(x > 0 for x in e[n]["vs_ref_ts"]["diffs"]) == 4 for n in ("LS", "ECP", "MbLS"))
+    assert "4 of 5 seeds" in text and all(
+        round(e[n]["ts"]["gap"], 2) == 0.05 for n in ("LS", "ECP", "MbLS")
+    )
