@@ -2,6 +2,7 @@
 
     python docs/regime_study.py --root runs/regime --device cuda --workers 12 --deadline 420
     python docs/regime_study.py --root runs/regime --report-only   # tables and figures again
+    python docs/regime_study.py --from-json   # the same from docs/evidence/regime.json alone
     python docs/regime_study.py --fast --root /tmp/regime --out /tmp/regime-out   # a CI check
 
 For every preset (``tiny``, ``small``, ``paper``) and loss family (CE, LS, ECP, MbLS, CALS; CE +
@@ -510,6 +511,19 @@ def _timing_lines(records: list[dict]) -> list[str]:
     ]
 
 
+def _preset_text(parameters: dict[str, int]) -> str:
+    from mls_tutorial.models import PRESETS
+
+    parts = []
+    for name, params in parameters.items():
+        spec = PRESETS[name]
+        parts.append(
+            f"`{name}` {params:,} parameters, channels {list(spec['channels'])}, "
+            f"{spec['num_res_units']} residual units, normalisation {spec['norm']}"
+        )
+    return "; ".join(parts)
+
+
 def header(study: dict, infos: list[dict], records: list[dict], command: str) -> str:
     from mls_tutorial.regime import finding_paragraph
 
@@ -559,15 +573,20 @@ def header(study: dict, infos: list[dict], records: list[dict], command: str) ->
         "default margin). `val NLL rise`: the last validation foreground NLL minus its minimum "
         "during training (how far training went past its best validation fit; "
         "`mls_tutorial.regime.history_divergence`).",
+        "- **Presets** (`mls_tutorial.models.PRESETS`; capacity is not the only thing that "
+        "changes along that axis: read it as three architectures, not a size scale): "
+        + _preset_text(p.get("parameters") or {})
+        + ".",
         "- **Training time per run** (seconds in `history.json`, median (range), with the "
         "other workers sharing the GPU): " + "; ".join(_timing_lines(records)) + ".",
     ]
-    if infos:
+    sessions = [_session_line(info) for info in infos] or p.get("sessions") or []
+    if sessions:
         lines.append(
             "- **Sessions that made these runs** (one H200 each time; `--tar` "
             "tarballs of the run folders without weights came back):"
         )
-        lines += [f"  {i}. " + _session_line(info) for i, info in enumerate(infos, 1)]
+        lines += [f"  {i}. " + line for i, line in enumerate(sessions, 1)]
     missing = [
         f"{c['preset']} {c['iterations']}: {m}" for c in study["cells"] for m in c["missing"]
     ]
@@ -575,7 +594,7 @@ def header(study: dict, infos: list[dict], records: list[dict], command: str) ->
         lines.append("- **Missing in the tables**: " + "; ".join(missing) + ".")
     lines += [
         "",
-        "**Finding (MbLS, knobs re-chosen in each cell).** " + finding_paragraph(study),
+        "**Finding (MbLS).** " + finding_paragraph(study),
         "",
         "![ECE, gap and DSC against training length](../figures/regime_ece.png)",
         "",
@@ -587,10 +606,69 @@ def header(study: dict, infos: list[dict], records: list[dict], command: str) ->
     return "\n".join(lines) + "\n"
 
 
-def report(args, protocol: dict) -> None:
+def write_figures(study: dict, figs: Path) -> None:
+    """``regime_ece.png`` (length panels of the presets with two lengths or more),
+    ``regime_capacity.png`` (with several presets) and ``regime_distances.png``."""
     from matplotlib.figure import Figure
 
     from mls_tutorial import plots
+
+    figs.mkdir(parents=True, exist_ok=True)
+    lengths: dict[str, set] = {}
+    for c in study["cells"]:
+        lengths.setdefault(c["preset"], set()).add(c["iterations"])
+    presets = list(lengths)
+    keys = ("ece", "gap", "dice")
+    if any(len(v) > 1 for v in lengths.values()):
+        fig = Figure(figsize=(14.5, 4.6), layout="constrained")
+        plots.regime_curves(study, keys=keys, ax=list(fig.subplots(1, len(keys)).ravel()))
+        fig.savefig(figs / "regime_ece.png", dpi=100)
+    if len(presets) > 1:
+        fig = Figure(figsize=(14.5, 4.6), layout="constrained")
+        plots.regime_capacity(study, keys=keys, ax=list(fig.subplots(1, len(keys))))
+        fig.savefig(figs / "regime_capacity.png", dpi=100)
+    fig = Figure(figsize=(5.2 * len(presets), 3.8), layout="constrained")
+    plots.regime_histograms(study, ax=fig.add_subplot())  # split into one panel per preset
+    fig.savefig(figs / "regime_distances.png", dpi=100)
+
+
+def preset_parameters(presets) -> dict[str, int]:
+    """Trainable parameters of each U-Net preset on the bundled data (1 channel, 4 classes)."""
+    from mls_tutorial.models import build_unet, count_parameters
+
+    return {p: count_parameters(build_unet(1, 4, p)) for p in dict.fromkeys(presets)}
+
+
+def refresh(args) -> None:
+    """``regime.md``, ``regime.json`` and the figures again from ``regime.json`` and
+    ``regime.csv`` alone (no run folders): holes, findings and rankings recomputed by the
+    current library from the cells."""
+    import csv
+
+    from mls_tutorial.regime import cell_holes, regime_findings, regime_markdown
+    from mls_tutorial.train.checkpoint import atomic_write, write_json
+
+    study = json.loads((args.out / "regime.json").read_text())
+    with open(args.out / "regime.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    for r in records:
+        r["iterations"] = int(r["iterations"])
+        r["seconds"] = float(r["seconds"]) if r["seconds"] else None
+    defaults = study["protocol"]["defaults"]
+    for cell in study["cells"]:
+        cell["defaults"] = {k: dict(v) for k, v in defaults.items()}
+        kept = [m for m in cell["missing"] if not m.endswith("no run on the report seeds")]
+        cell["missing"] = list(dict.fromkeys(kept + cell_holes(cell)))
+    study["findings"] = {w: regime_findings(study["cells"], w) for w in ("chosen", "default")}
+    study["protocol"]["parameters"] = preset_parameters(c["preset"] for c in study["cells"])
+    write_json(study, args.out / "regime.json")
+    md = header(study, [], records, FULL_COMMAND) + regime_markdown(study)
+    atomic_write(args.out / "regime.md", lambda f: f.write(md.encode()))
+    write_figures(study, Path(args.figures))
+    log(f"refreshed {args.out / 'regime.md'} from regime.json ({len(study['cells'])} cells)")
+
+
+def report(args, protocol: dict) -> None:
     from mls_tutorial.regime import regime_study, write_study
     from mls_tutorial.runs import find_runs
 
@@ -598,6 +676,13 @@ def report(args, protocol: dict) -> None:
     runs = find_runs(args.root)
     if not runs:
         raise SystemExit(f"no finished runs under {args.root}")
+    infos = [json.loads(f.read_text()) for f in sorted(Path(args.root).glob("regime_run*.json"))]
+    infos.sort(key=lambda i: i.get("started", 0))
+    protocol = {
+        **protocol,
+        "sessions": [_session_line(info) for info in infos],
+        "parameters": preset_parameters(protocol["presets"]),
+    }
     study, records = regime_study(
         runs,
         choose_seeds=protocol["choose_seeds"],
@@ -606,29 +691,11 @@ def report(args, protocol: dict) -> None:
         margin=MARGIN,
         protocol=protocol,
     )
-    infos = [json.loads(f.read_text()) for f in sorted(Path(args.root).glob("regime_run*.json"))]
-    infos.sort(key=lambda i: i.get("started", 0))
     command = FULL_COMMAND
     if protocol["fast"]:
         command = infos[-1]["command"] if infos else "python docs/regime_study.py --fast"
     paths = write_study(study, records, args.out, header=header(study, infos, records, command))
-    figs = Path(args.figures)
-    figs.mkdir(parents=True, exist_ok=True)
-    presets = list(dict.fromkeys(c["preset"] for c in study["cells"]))
-    fig = Figure(figsize=(4.4 * len(presets), 9.6), layout="constrained")
-    plots.regime_curves(
-        study,
-        keys=("ece", "gap", "dice"),
-        ax=list(fig.subplots(3, len(presets), squeeze=False).ravel()),
-    )
-    fig.savefig(figs / "regime_ece.png", dpi=100)
-    if len(presets) > 1:
-        fig = Figure(figsize=(13.5, 3.8), layout="constrained")
-        plots.regime_capacity(study, keys=("ece", "gap", "dice"), ax=list(fig.subplots(1, 3)))
-        fig.savefig(figs / "regime_capacity.png", dpi=100)
-    fig = Figure(figsize=(5.2 * len(presets), 3.8), layout="constrained")
-    plots.regime_histograms(study, ax=fig.add_subplot())  # split into one panel per preset
-    fig.savefig(figs / "regime_distances.png", dpi=100)
+    write_figures(study, Path(args.figures))
     log(
         f"report: {len(runs)} runs, {len(study['cells'])} cells in {time.time() - t:.0f} s -> "
         + ", ".join(str(p) for p in paths.values())
@@ -678,6 +745,12 @@ def main(argv=None) -> int:
         help=f"training lengths (default {list(LENGTHS)}; --fast: 4 8)",
     )
     ap.add_argument("--report-only", action="store_true", help="no training: tables and figures")
+    ap.add_argument(
+        "--from-json",
+        action="store_true",
+        help="tables, findings and figures again from --out's regime.json and regime.csv "
+        "(no run folders needed)",
+    )
     ap.add_argument("--tar", type=Path, default=None, help="write runs_<preset>.tar.xz here")
     ap.add_argument(
         "--chosen",
@@ -688,6 +761,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.workers < 1:
         ap.error("--workers must be >= 1")
+    if args.from_json:
+        refresh(args)
+        return 0
     from mls_tutorial.device import pick_device
 
     args.device = str(pick_device(args.device))

@@ -62,7 +62,7 @@ def results_table(runs: list[Run]) -> list[dict[str, Any]]:
     """One row per config up to the seed: mean, spread (sample std) and values over seeds.
 
     Row keys: ``method`` (label), ``family``, ``loss``, ``loss_kwargs``, ``margin``,
-    ``temperature_scaling``, ``seeds``, ``n_seeds``, ``runs`` (folder names), ``key``; for each
+    ``temperature_scaling``, ``iterations``, ``select_metric``, ``seeds``, ``n_seeds``, ``runs`` (folder names), ``key``; for each
     ``TABLE_COLUMNS`` key ``k``: ``k`` (mean over seeds, None if unavailable), ``k_std`` (None
     for one seed) and ``k_values``; the same as ``val_k`` for the validation metrics; and
     ``per_class_dice`` (mean test DSC per foreground class; ``per_class_dice_values`` per seed).
@@ -83,6 +83,8 @@ def results_table(runs: list[Run]) -> list[dict[str, Any]]:
             "loss_kwargs": dict(cfg["loss_kwargs"]),
             "margin": members[0].margin,
             "temperature_scaling": cfg["temperature_scaling"],
+            "iterations": cfg["iterations"],
+            "select_metric": cfg["select_metric"],
             "seeds": [r.config["seed"] for r in members],
             "n_seeds": len(members),
             "runs": [r.name for r in members],

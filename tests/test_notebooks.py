@@ -366,11 +366,17 @@ def check_06(m: dict):
         assert len(e["seeds"]) == len(e["diffs"]) == len(e["ce"])
         assert e["n_better"] == sum(d < 0 for d in e["diffs"])
         assert e["mean"] == pytest.approx(sum(e["diffs"]) / len(e["diffs"]))
-    # the finding quotes CE's numbers as the JSON holds them; every cell ranks CE
+    # the finding quotes CE's numbers as the JSON holds them, with seed counts; every
+    # ranking (re-chosen and default knobs) ranks CE, holes left out
     short, long = m["ce"]["short"], m["ce"]["long"]
     assert f"{short['ece']:.3f} -> {long['ece']:.3f}" in m["finding"]
-    assert all("ce" in order for order in m["ranking"].values())
+    assert "grew on" in m["finding"] and "of 3 seeds" in m["finding"]
+    assert set(m["ranking"]) == {"chosen", "default"}
+    assert all("ce" in order for w in m["ranking"].values() for order in w.values())
     assert set(m["relative_default"]) == {"1000", "4000"}
+    for e in m["after_ts"]:  # section 5: each loss + TS against CE + TS, paired per seed
+        d = e["vs_ref_ts"]
+        assert d is None or (d["n_better"] == sum(x < 0 for x in d["diffs"]) and d["n"] >= 1)
 
 
 CHECKS = {
@@ -408,6 +414,9 @@ def test_notebook_runs_with_its_defaults_from_shipped_runs(
     CHECKS[path.stem](metrics)
     if path.stem == "03_calibration_evaluation":
         check_03_claim(metrics)
+        check_03_prose(metrics)
+    if path.stem == "04_your_own_data":
+        check_04_prose(metrics)
 
 
 @pytest.mark.parametrize("stem", sorted(TRAINING_EXERCISES))
@@ -426,6 +435,38 @@ def test_notebook_exercises_train_on_fast_parameters(
         check_03_exercises(metrics)
     if stem == "05_class_adaptive_constraints":  # exercise 4: one row per chosen config
         assert sorted(r["method"] for r in metrics["full_table"]) == sorted(metrics["chosen"])
+
+
+def _markdown(stem: str) -> str:
+    nb = nbformat.read(NOTEBOOK_DIR / f"{stem}.ipynb", as_version=4)
+    text = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    return " ".join(text.split())
+
+
+def check_03_prose(m: dict):
+    """The numbers notebook 03's prose quotes for its defaults are the ones it printed."""
+    text = _markdown("03_calibration_evaluation")
+    w = {r["method"]: r for r in m["weight_sweep"]}
+    linear = ", ".join(f"{w[k]['gap']:+.2f}" for k in ("MbLS m=0", "MbLS m=0 a=0.3"))
+    assert linear == "+0.02, -0.11" and f"-{abs(w['MbLS m=0 a=1']['gap']):.2f} at 1" in text
+    assert f"LS reaches {w['LS a=0.3']['gap']:+.2f} at 0.3".replace("+", "") in text
+    assert f"(DSC about {w['LS a=1']['dice']:.2f})" in text
+    margin = ", ".join(
+        f"{w[k]['gap']:+.2f}" for k in ("MbLS m=5", "MbLS m=5 a=0.3", "MbLS m=5 a=1")
+    )
+    assert f"under-confidence** ({margin})" in text
+    drop = w["MbLS m=5"]["dice"] - max(w["MbLS m=5 a=0.3"]["dice"], w["MbLS m=5 a=1"]["dice"])
+    assert round(100 * drop) == 6 and "Dice falls about 6 points" in text
+    smallest = min(r["gap"] for r in m["sweep"])
+    assert smallest > 0 and f"the smallest near {smallest:+.2f}" in text
+    rows = {r["name"]: r for r in m["table"]}
+    ce, ecp, mbls = rows["CE"], rows["ECP"], rows["MbLS m=5"]
+    assert round(3 * ce["ece_all"] / ce["ece"]) == 1  # "about a third"
+    spread = max(m[k] for k in ("ece_mean_over_volumes", "ece_weighted_mean_over_volumes",
+                                "ece_pooled")) - m["ece_pooled"]  # fmt: skip
+    assert spread < 0.001 and "agree to within 0.001" in text
+    assert f"by only {round(100 * (1 - ecp['ece'] / ce['ece']))}% here" in text
+    assert f"{round(100 * (1 - mbls['ece'] / ce['ece']))}% on this notebook's single seed" in text
 
 
 def check_03_claim(m: dict):
@@ -469,3 +510,11 @@ def test_notebook_05_defaults_are_the_configs_chosen_on_validation():
     assert config["mbls"]["loss_kwargs"]["alpha"] == default["alpha"]
     # the evidence folder the notebook reads by default is the repository's
     assert (NOTEBOOK_DIR / default["evidence_dir"]).resolve() == (ROOT / "docs" / "evidence")
+
+
+def check_04_prose(m: dict):
+    """The numbers notebook 04's prose quotes for its defaults are the ones it printed."""
+    text = _markdown("04_your_own_data")
+    acdc = m["acdc"]
+    assert acdc["gap"] < 0 and "*under*-confident" in text
+    assert f"is about {acdc['gap']:.2f}, and the foreground ECE about {acdc['ece']:.2f}" in text

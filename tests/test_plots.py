@@ -145,6 +145,9 @@ def test_reliability_under_confident_gap_has_its_own_opaque_colour_in_the_legend
     assert face_over == {face_over.copy().pop()} and face_under not in face_over
     assert face_under[3] == 1.0  # opaque: no purple blend with the blue bar underneath
     texts = [t.get_text() for t in ax_rel.get_legend().get_texts()]
+    ax_rel.figure.canvas.draw()
+    box = ax_rel.get_legend().get_window_extent().transformed(ax_rel.transAxes.inverted())
+    assert box.x0 >= 1.0  # right of the bars, never over them
     assert {"over-confident gap", "under-confident gap", "accuracy"} <= set(texts)
     # both colours are explained even when every bin is over-confident
     only_over = {**rel, "accuracy": [np.nan, np.nan, 0.3, 0.6, 0.7]}
@@ -675,6 +678,11 @@ def test_weight_sweep_draws_one_line_per_family_sorted_by_weight():
     assert ece_ls.get_ydata().tolist() == [0.10, 0.07]
     assert any(line.get_ydata()[0] == 0.09 for line in axes[1].get_lines())  # CE's gap line
     assert list(plots.weight_curves(rows, families=("ls",))) == ["LS"]
+    assert axes[0].get_xlabel() == "penalty weight (alpha; beta for ECP)"
+    fig = Figure()
+    axes = fig.subplots(1, 3)
+    plots.weight_sweep(rows, ax=axes, families=("ls", "mbls"))  # no ECP drawn: no beta named
+    assert axes[0].get_xlabel() == "penalty weight (alpha)"
     with pytest.raises(ValueError, match="two or more weights"):
         plots.weight_sweep(rows[6:8])
 
@@ -703,3 +711,21 @@ def test_classwise_reliability_titles_its_own_subfigure():
         assert f"CECE = {ceces[i]:.4f}" in sub._suptitle.get_text()
     assert fig._suptitle is None
     plt.close(fig)
+
+
+def test_training_curves_keep_one_scale_per_panel():
+    """Seven validation series on one axis hid the small ones: DSC, ECE and the gap share the
+    validation panel, the NLL goes next to the training loss (same unit), the rest stay out."""
+    keys = ("dice", "ece", "cece", "nll", "brier", "gap", "ece_all")
+    history = {
+        "iteration": [1, 2, 3, 4],
+        "loss": [1.0, 0.8, 0.6, 0.4],
+        "val_iteration": [2, 4],
+        **{f"val_fg_{k}": [0.1 * (i + 1), 0.2 * (i + 1)] for i, k in enumerate(keys)},
+    }
+    ax_loss, ax_val = plots.training_curves(history).axes[:2]
+    labels = {ln.get_label() for ln in ax_val.lines if not ln.get_label().startswith("_")}
+    assert labels == {"fg_dice", "fg_ece", "fg_gap"}
+    nll = next(ln for ln in ax_loss.lines if ln.get_label() == "validation NLL (fg)")
+    assert list(nll.get_ydata()) == history["val_fg_nll"]
+    assert list(nll.get_xdata()) == [2, 4]

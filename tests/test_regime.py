@@ -15,14 +15,18 @@ import torch
 
 from mls_tutorial.metrics import LogitDistanceHistogram
 from mls_tutorial.regime import (
+    cell_holes,
+    cell_ranking,
     cell_row,
     finding_paragraph,
     history_divergence,
+    ranking_holes,
     records_csv,
     regime_cells,
     regime_markdown,
     regime_study,
     run_record,
+    seeds_lower,
 )
 from mls_tutorial.runs import Run, normalize_config, run_name
 
@@ -152,12 +156,40 @@ def test_findings_trend_is_seed_by_seed_and_the_paragraph_reads_it(tmp_path):
     assert trend["change"] == pytest.approx([-0.08, -0.09])
     assert entry["advantage"]["mbls"]["4000"]["relative"] == pytest.approx(-0.11 / 0.35)
     text = finding_paragraph(json.loads(json.dumps(study)))  # as read back from regime.json
-    assert "grew on 2 of 2 seeds: it grows" in text and "MbLS m=5 -> MbLS m=3" not in text
+    assert "(MbLS m=3 -> MbLS m=3)" in text and "grew on 2 of 2 seeds: it grows" in text
+    # the default knob's difference (+0.01 on each seed at both lengths) neither grows nor
+    # shrinks: no trend claimed
+    assert "(MbLS m=5) goes +0.010" in text and "grew on 0 of 2 seeds: no consistent" in text
     assert "0.150 -> 0.350" in text  # CE's ECE, from the JSON
     # one seed's advantage shrinks: no trend is claimed
     mixed, _ = build(tmp_path / "mixed", m3_long=(-0.10, +0.05))
     text = finding_paragraph(mixed)
     assert "grew on 1 of 2 seeds: no consistent change" in text
+
+
+def test_a_chosen_knob_without_report_runs_is_a_hole_not_another_knob(tmp_path):
+    runs = [
+        r
+        for r in study_runs(tmp_path)
+        if not (r.config["loss_kwargs"].get("margin") == 3.0 and r.config["seed"] > 3)
+    ]
+    study, _ = regime_study(runs, choose_seeds=[1, 2], report_seeds=[4, 5], defaults=DEFAULTS)
+    for cell in study["cells"]:
+        assert cell["choice"]["mbls"]["chosen"] == "MbLS m=3"  # chosen, never run on 4-5
+        assert "chosen MbLS margin=3 alpha=0.1: no run on the report seeds" in cell["missing"]
+        assert "CE + TS: no run on the report seeds" in cell["missing"]
+        assert cell["missing"] == cell_holes(cell)
+        # the re-chosen ranking leaves MbLS out (its default m=5 ran, but was not chosen)
+        assert [f for _, f, _ in cell_ranking(cell, "chosen")] == ["ce"]
+        assert "mbls" in ranking_holes(cell, "chosen")
+        assert [f for _, f, _ in cell_ranking(cell, "default")] == ["ce", "mbls"]  # +0.01
+        assert seeds_lower(cell, "ce", "mbls", "default") == (2, 2)
+        # LS, ECP, CALS never ran: each named as a hole
+        assert (
+            "LS: no knob re-chosen (no runs of its grid on the choosing seeds)" in cell["missing"]
+        )
+    text = finding_paragraph(json.loads(json.dumps(study)))
+    assert "not ranked (no report runs at this knob): LS, ECP, MbLS, CALS" in text
 
 
 def test_cell_lists_what_it_lacks(tmp_path):
@@ -242,3 +274,28 @@ def test_study_script_fast_end_to_end(tmp_path):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "tar" / "runs_tiny.tar.xz").stat().st_size > 0
     assert "--fast" in (out / "regime.md").read_text().split("```")[1]
+
+
+def test_capacity_panels_join_no_presets_and_curves_skip_single_lengths(tmp_path):
+    """Presets are categories (no line from one architecture to the next); a preset trained at
+    one length has no curve against length; the y labels say what the error bars are."""
+    from matplotlib.figure import Figure
+
+    from mls_tutorial import plots
+
+    study, _ = build(tmp_path)
+    study = json.loads(json.dumps(study))
+    small = json.loads(json.dumps(study["cells"][0]))
+    small["preset"] = "small"  # a second preset, at 1000 iterations only
+    study["cells"].append(small)
+    fig = Figure()
+    plots.regime_capacity(study, keys=("ece",), ax=fig.add_subplot(), iterations=1000)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["tiny", "small"]
+    drawn = [ln for ln in ax.lines if ln.get_gid() and ln.get_gid().startswith("ece:")]
+    assert drawn and all(ln.get_linestyle() == "None" for ln in drawn)
+    assert "mean ± sample sd over seeds 4, 5" in ax.get_ylabel()
+    fig = Figure()
+    plots.regime_curves(study, keys=("ece", "gap"), ax=list(fig.subplots(1, 2)))
+    assert all(ax.get_title().startswith("tiny U-Net") for ax in fig.axes)  # small: one length
+    assert fig.legends and all(ax.get_legend() is None for ax in fig.axes)

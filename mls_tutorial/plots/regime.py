@@ -1,8 +1,9 @@
 """The regime study's figures, drawn from its ``regime.json`` dict (``mls_tutorial.regime``).
 
 - ``regime_curves``: test metrics (foreground ECE, gap, DSC) against the training length, one
-  line per loss family, one column per U-Net preset;
-- ``regime_capacity``: the same metrics against the preset (capacity) at one training length;
+  line per loss family, one row per U-Net preset with two lengths or more;
+- ``regime_capacity``: the same metrics per preset at one training length (categories: the
+  presets differ in width, and ``paper`` also in depth, residual units and normalisation);
 - ``regime_histograms``: CE's logit-distance histogram after short and long training, one panel
   per preset, with the margin drawn.
 
@@ -92,20 +93,27 @@ def _rechosen(study: Mapping, key: str, families: Sequence[str]) -> list[dict]:
     ]
 
 
-def _draw(axis, xs, points, i, fam, n_fams, hollow: bool, gid: str) -> None:
+def _draw(axis, xs, points, i, fam, n_fams, hollow: bool, gid: str, lines: bool = True) -> None:
     color, fmt = STYLES.get(fam, (f"C{i}", "o-"))
-    shift = 2 ** (0.04 * (i - (n_fams - 1) / 2))  # keep the error bars of a cell apart
+    if not lines:
+        fmt = fmt.rstrip("-")  # categorical x: markers only, no line between categories
     kw = dict(color=color, capsize=3, ms=5 if hollow else 4, gid=gid)
     if hollow:
         kw.update(fmt="o", mfc="white", ls="none")
     else:
         kw.update(fmt=fmt, label=LABELS.get(fam, fam))
     axis.errorbar(
-        np.asarray(xs, dtype=float) * shift,
+        np.asarray(xs, dtype=float),
         [p["mean"] for p in points],
         yerr=[p["std"] for p in points],
         **kw,
     )
+
+
+def _ylabel(study: Mapping, key: str) -> str:
+    seeds = study.get("protocol", {}).get("report_seeds") or []
+    who = f"seeds {', '.join(map(str, seeds))}" if seeds else "the report seeds"
+    return f"{TITLES.get(key, key)}\nmean ± sample sd over {who}"
 
 
 def regime_curves(
@@ -115,23 +123,30 @@ def regime_curves(
     chosen_markers: bool = True,
     ax=None,
 ):
-    """One row per metric of ``keys``, one column per preset: the metric against training
-    iterations (log x), a line per family at its default knob, hollow markers for a knob
-    re-chosen in the cell (``chosen_markers``).
+    """The metrics of ``keys`` against training iterations (log x), one row per preset that
+    has two lengths or more (a preset with one length has no curve: see ``regime_capacity``),
+    one column per metric; a line per family at its default knob, hollow markers for a knob
+    re-chosen in the cell (``chosen_markers``). Points are means over the report seeds, error
+    bars one sample std (said in each y label); the legend sits below the panels.
 
-    ``ax``: None, one Axes (split) or ``len(keys) * presets`` axes (row-major). Returns the
+    ``ax``: None, one Axes (split) or ``presets * len(keys)`` axes (row-major). Returns the
     figure.
     """
-    presets = _presets(study)
-    n_rows, n_cols = len(keys), len(presets)
+    lengths_of: dict[str, set] = {}
+    for cell in study.get("cells") or []:
+        lengths_of.setdefault(cell["preset"], set()).add(cell["iterations"])
+    presets = [p for p in _presets(study) if len(lengths_of[p]) > 1]
+    if not presets:
+        raise ValueError("no preset has two training lengths: nothing to draw against length")
+    n_rows, n_cols = len(presets), len(keys)
     if ax is None:
-        axes = list(new_figure(n_rows, n_cols, figsize=(4.2 * n_cols, 3.4 * n_rows))[1])
+        axes = list(new_figure(n_rows, n_cols, figsize=(4.6 * n_cols, 3.8 * n_rows + 0.6))[1])
     else:
         axes = axes_grid(ax, n_rows * n_cols, direction="row")
-    for r, key in enumerate(keys):
+    for c, key in enumerate(keys):
         points = regime_points(study, key, "default", families)
         extra = _rechosen(study, key, families) if chosen_markers else []
-        for c, preset in enumerate(presets):
+        for r, preset in enumerate(presets):
             axis = axes[r * n_cols + c]
             for hollow, source in ((False, points), (True, extra)):
                 for i, fam in enumerate(families):
@@ -140,41 +155,36 @@ def regime_curves(
                         key=lambda p: p["iterations"],
                     )
                     if mine:
-                        xs = [p["iterations"] for p in mine]
+                        shift = 2 ** (0.03 * (i - (len(families) - 1) / 2))  # bars apart
+                        xs = [p["iterations"] * shift for p in mine]
                         tag = "re-chosen" if hollow else "default"
-                        _draw(
-                            axis,
-                            xs,
-                            mine,
-                            i,
-                            fam,
-                            len(families),
-                            hollow,
-                            f"{preset}:{key}:{fam}:{tag}",
-                        )
-            lengths = sorted({p["iterations"] for p in points if p["preset"] == preset})
+                        gid = f"{preset}:{key}:{fam}:{tag}"
+                        _draw(axis, xs, mine, i, fam, len(families), hollow, gid)
+            lengths = sorted(lengths_of[preset])
             axis.set_xscale("log", base=2)
-            if lengths:
-                axis.set_xticks(lengths, [str(n) for n in lengths])
-                axis.minorticks_off()
-                axis.set_xlim(min(lengths) / 1.6, max(lengths) * 1.6)
+            axis.set_xticks(lengths, [str(n) for n in lengths])
+            axis.minorticks_off()
+            axis.set_xlim(min(lengths) / 1.6, max(lengths) * 1.6)
             if key == "gap":
                 axis.axhline(0.0, color="grey", lw=0.8)
-            axis.set_title(f"{preset}: {TITLES.get(key, key)}", fontsize="medium")
-            if r == n_rows - 1:
-                axis.set_xlabel("training iterations")
+            axis.set_title(f"{preset} U-Net: {TITLES.get(key, key)}", fontsize="medium")
+            axis.set_ylabel(_ylabel(study, key), fontsize="small")
+            axis.set_xlabel("training iterations (log scale)")
     _legend(axes[0], chosen_markers)
     return root_figure(axes[0])
 
 
 def _legend(axis, chosen_markers: bool) -> None:
+    """One legend for the figure, below the panels (never over the data)."""
     handles, labels = axis.get_legend_handles_labels()
     if chosen_markers:
         from matplotlib.lines import Line2D
 
         handles.append(Line2D([], [], marker="o", mfc="white", color="grey", ls="none"))
-        labels.append("knob re-chosen in the cell")
-    axis.legend(handles, labels, fontsize="x-small", loc="best")
+        labels.append("knob re-chosen in the cell (where it differs and ran)")
+    root_figure(axis).legend(
+        handles, labels, loc="outside lower center", ncols=min(7, len(labels)), fontsize="small"
+    )
 
 
 def regime_capacity(
@@ -185,9 +195,11 @@ def regime_capacity(
     chosen_markers: bool = True,
     ax=None,
 ):
-    """One panel per metric of ``keys``: the metric against the U-Net preset (in the study's
-    order, smallest first) after ``iterations`` (default: the length most presets share), a
-    line per family at its default knob, hollow markers for re-chosen knobs."""
+    """One panel per metric of ``keys``: the metric for each U-Net preset (categories, in the
+    study's order; markers side by side, no line between presets: they differ in more than
+    size, see ``models.PRESETS``) after ``iterations`` (default: the length most presets share),
+    each family at its default knob, hollow markers for re-chosen knobs. Tick labels give the
+    parameter count when ``study["protocol"]["parameters"]`` has it."""
     presets = _presets(study)
     if iterations is None:
         counts: dict[int, int] = {}
@@ -201,8 +213,10 @@ def regime_capacity(
     ]
     if not have:
         raise ValueError(f"no cell at {iterations} iterations")
-    axes = axes_grid(ax, len(keys), direction="row", figsize=(4.6 * len(keys), 3.6))
-    pos = {p: i + 1 for i, p in enumerate(have)}
+    axes = axes_grid(ax, len(keys), direction="row", figsize=(4.8 * len(keys), 4.4))
+    pos = {p: i for i, p in enumerate(have)}
+    params = study.get("protocol", {}).get("parameters") or {}
+    ticks = [p + (f"\n{_count(params[p])} params" if p in params else "") for p in have]
     for axis, key in zip(axes, keys, strict=True):
         points = [
             p
@@ -216,23 +230,28 @@ def regime_capacity(
         ]
         for hollow, source in ((False, points), (True, extra)):
             for i, fam in enumerate(families):
-                mine = sorted(
-                    (p for p in source if p["family"] == fam), key=lambda p: pos[p["preset"]]
-                )
+                mine = [p for p in source if p["family"] == fam]
                 if mine:
-                    xs = [2.0 ** pos[p["preset"]] for p in mine]
+                    dx = 0.09 * (i - (len(families) - 1) / 2)  # side by side in a category
+                    xs = [pos[p["preset"]] + dx for p in mine]
                     tag = "re-chosen" if hollow else "default"
-                    _draw(axis, xs, mine, i, fam, len(families), hollow, f"{key}:{fam}:{tag}")
-        axis.set_xscale("log", base=2)
-        axis.set_xticks([2.0**i for i in pos.values()], list(pos))
-        axis.minorticks_off()
-        axis.set_xlim(2.0**0.5, 2.0 ** (len(pos) + 0.5))
+                    gid = f"{key}:{fam}:{tag}"
+                    _draw(axis, xs, mine, i, fam, len(families), hollow, gid, lines=False)
+        axis.set_xticks(list(pos.values()), ticks)
+        axis.set_xlim(-0.5, len(pos) - 0.5)
+        for x in range(len(pos) - 1):
+            axis.axvline(x + 0.5, color="0.85", lw=0.8)
         if key == "gap":
             axis.axhline(0.0, color="grey", lw=0.8)
         axis.set_title(f"{TITLES.get(key, key)}, {iterations} iterations", fontsize="medium")
-        axis.set_xlabel("U-Net preset (capacity)")
+        axis.set_ylabel(_ylabel(study, key), fontsize="small")
+        axis.set_xlabel("U-Net preset")
     _legend(axes[0], chosen_markers)
     return root_figure(axes[0])
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
 def regime_histograms(

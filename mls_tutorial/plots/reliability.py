@@ -83,8 +83,13 @@ def _check_reliability(rel: Mapping) -> dict:
     )
 
 
-def reliability_diagram(meter_or_dict, cls: int | None = None, ax=None, title: str | None = None):
+def reliability_diagram(
+    meter_or_dict, cls: int | None = None, ax=None, title: str | None = None, legend: bool = True
+):
     """Draw the reliability diagram; returns the figure.
+
+    The legends sit right of the axes, never over a bar; ``legend=False`` leaves them out (a
+    row of diagrams needs them once, on its last panel).
 
     ``cls=None`` is the top-label diagram (ECE); ``cls=k`` the classwise one for class ``k``
     (its mean over classes is CECE). ``ax``: None, one Axes (split into diagram + counts), or two
@@ -93,8 +98,8 @@ def reliability_diagram(meter_or_dict, cls: int | None = None, ax=None, title: s
     from ``conf`` up to ``acc``) and ``"counts"``; the ECE/N text has ``gid="annotation"``.
     """
     rel = reliability_data(meter_or_dict, cls)
-    axes = axes_grid(ax, 2, direction="column", ratios=(3, 1), figsize=(4.5, 5.5))
-    _draw(rel, cls, *axes, title=title, legend=True)
+    axes = axes_grid(ax, 2, direction="column", ratios=(3, 1), figsize=(6.6, 5.5))
+    _draw(rel, cls, *axes, title=title, legend=legend)
     return root_figure(axes[0])
 
 
@@ -127,6 +132,9 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
     ax_rel.set(xlim=(lo, hi), ylim=(0, 1))
     ax_rel.set_ylabel("accuracy" if cls is None else f"frequency of class {cls}")
     ax_rel.tick_params(labelbottom=False)
+    total = counts[filled].sum()
+    overall = float(np.sum(counts[filled] * acc) / total)
+    mean_conf = float(np.sum(counts[filled] * conf) / total)
     name = "ECE" if cls is None else f"ECE$_{{{cls}}}$"
     text = f"{name} = {rel['ece']:.4f}\nN = {int(round(rel['n'])):,}"
     box = dict(boxstyle="round", fc="white", alpha=0.8)
@@ -148,18 +156,15 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
             for h in ax_rel.get_legend_handles_labels()[0]
             if h.get_label() == "perfect calibration"
         ]
-        ax_rel.legend(
-            handles=handles, loc="upper left", bbox_to_anchor=(0.0, 0.82), fontsize="small"
+        ax_rel.legend(  # right of the axes: never over a bar
+            handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small"
         )
     if title:
         ax_rel.set_title(title)
 
-    total = counts[filled].sum()
-    overall = float(np.sum(counts[filled] * acc) / total)
-    mean_conf = float(np.sum(counts[filled] * conf) / total)
     ax_cnt.bar(left, counts[filled], color="0.6", edgecolor="k", label="counts", **bars)
     ax_cnt.set_yscale("log")
-    ax_cnt.set_ylim(0.7, counts.max() * 30)  # headroom for the legend
+    ax_cnt.set_ylim(0.7, counts.max() * 30)
     ax_cnt.axvline(overall, color="C0", lw=1.5, label=f"{what} {overall:.3f}", gid="overall")
     ax_cnt.axvline(
         mean_conf,
@@ -169,9 +174,22 @@ def _draw(rel: dict, cls, ax_rel, ax_cnt, title=None, legend=True) -> None:
         label=f"mean confidence {mean_conf:.3f}",
         gid="mean_confidence",
     )
+    ax_cnt.text(  # the two lines' values, in the empty low-confidence corner
+        0.02,
+        0.95,
+        f"{what} {overall:.3f}\nmean confidence {mean_conf:.3f}",
+        transform=ax_cnt.transAxes,
+        va="top",
+        ha="left",
+        fontsize="x-small",
+        gid="overall_text",
+    )
     ax_cnt.set(xlim=(lo, hi), ylabel="count")
     ax_cnt.set_xlabel("confidence" if cls is None else f"$s_{{{cls}}}$")
-    ax_cnt.legend(loc="upper left", fontsize="x-small", ncols=2, frameon=False)
+    if legend:
+        ax_cnt.legend(
+            loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small", frameon=False
+        )
 
 
 def classwise_reliability(
@@ -190,7 +208,7 @@ def classwise_reliability(
     k = len(per_class)
     class_names = class_names_for(class_names, k)
     if ax is None or isinstance(ax, Axes):  # a 2 x K block: diagrams above their counts
-        flat = axes_block(ax, 2, k, figsize=(3.2 * k, 5.0), height_ratios=(3, 1))
+        flat = axes_block(ax, 2, k, figsize=(3.2 * k + 2.0, 5.0), height_ratios=(3, 1))
         pairs = [(flat[c], flat[k + c]) for c in range(k)]
     else:
         flat = axes_grid(ax, 2 * k, name="ax")

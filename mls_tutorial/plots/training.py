@@ -14,6 +14,9 @@ from mls_tutorial.plots.multipliers import (
     multiplier_history_or_none,
 )
 
+#: the validation series drawn (one scale, 0-1); the NLL goes next to the training loss
+VAL_PANEL = ("val_fg_dice", "val_fg_ece", "val_fg_gap")
+NLL_KEY = "val_fg_nll"
 TRAIN_X_KEYS = ("iteration", "iterations", "step", "steps", "iter")
 VAL_X_KEYS = ("val_iteration", "val_iterations", "val_step", "val_steps", "val_iter")
 
@@ -64,6 +67,11 @@ def split_history(history) -> tuple[np.ndarray, dict, np.ndarray, dict]:
 def training_curves(history, ax=None, class_names: Sequence[str] | None = None):
     """Loss (left), validation metrics and, for an adaptive loss, its multipliers; returns the figure.
 
+    The left panel draws the training loss with the validation foreground NLL (``val_fg_nll``,
+    same unit: where they part, training memorises); the middle one the validation DSC, ECE and
+    conf - acc (``VAL_PANEL``, one 0-1 scale; every other ``val_`` series but the NLL when the
+    history has none of them).
+
     ``history``: a run's history, a dict of lists (or a list of per-step dicts); scalars are
     ignored except ``best_iteration`` (a dotted line at the iteration whose weights were kept),
     labelled from ``select_metric``: ``"kept: last weights (it. N)"`` for ``"last"``,
@@ -81,15 +89,24 @@ def training_curves(history, ax=None, class_names: Sequence[str] | None = None):
         _draw_lambdas(axes[2], h, _multiplier_names(h, class_names))
     for i, (key, y) in enumerate(train.items()):
         ax_loss.plot(train_x, y, color=f"C{i}", lw=1.2, label=key)
-    for i, (key, y) in enumerate(val.items()):
+    if NLL_KEY in val:  # the validation NLL next to the training loss: where they diverge
+        ax_loss.plot(
+            val_x, val[NLL_KEY], "o-", color="k", ms=3, lw=1.2, label="validation NLL (fg)"
+        )
+    shown = {k: v for k, v in val.items() if k in VAL_PANEL} or {
+        k: v for k, v in val.items() if k != NLL_KEY
+    }
+    for i, (key, y) in enumerate(shown.items()):
         ax_val.plot(val_x, y, "o-", color=f"C{i}", ms=3, lw=1.2, label=key.removeprefix("val_"))
     best = history.get("best_iteration") if isinstance(history, Mapping) else None
     if best is not None and val:
         label = kept_label(history.get("select_metric"), best)
         ax_val.axvline(float(best), color="0.5", ls=":", lw=1, label=label, gid="kept")
-    ax_loss.set(xlabel="iteration", ylabel="training loss", title="training loss")
-    ax_val.set(xlabel="iteration", ylabel="validation metric", title="validation")
-    for axis, series in ((ax_loss, train), (ax_val, val)):
+    ax_loss.set(xlabel="iteration", ylabel="loss (nats)", title="training loss, validation NLL")
+    ax_val.set(xlabel="iteration", ylabel="DSC, ECE, conf - acc (fg)", title="validation")
+    if "val_fg_gap" in shown:
+        ax_val.axhline(0.0, color="0.8", lw=0.8)
+    for axis, series in ((ax_loss, train), (ax_val, shown)):
         if series and axis is ax_val:  # many series: the legend goes right of the axes
             axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
         elif series:

@@ -91,10 +91,24 @@ def weight_sweep(
             if ref.get(key) is not None:
                 axis.axhline(float(ref[key]), color="k", ls="--", lw=1.0, label=label)
     axes[1].axhline(0.0, color="grey", lw=0.8)
+    xlabel = weight_label(curves)
     for axis, (_, title) in zip(axes, PANELS, strict=True):
         axis.set_xscale("log")
-        axis.set_xlabel("penalty weight (alpha; beta for ECP)")
+        axis.set_xlabel(xlabel)
         axis.set_title(title)
+        axis.set_ylabel(f"{title}\nmean ± sample sd over seeds", fontsize="small")
     axes[0].set_ylim(bottom=0.0)
-    axes[0].legend(fontsize="x-small", loc="best")
+    handles, labels = axes[0].get_legend_handles_labels()
+    root_figure(axes[0]).legend(
+        handles, labels, loc="outside lower center", ncols=len(labels), fontsize="small"
+    )
     return root_figure(axes[0])
+
+
+def weight_label(curves: Mapping[str, Mapping]) -> str:
+    """The x label: the knob of each drawn curve (``alpha``, and ``beta`` only when ECP is)."""
+    knobs = ["beta for ECP" if label == "ECP" else "alpha" for label in curves]
+    knobs = list(dict.fromkeys(knobs))
+    if knobs == ["beta for ECP"]:
+        return "penalty weight (beta)"
+    return f"penalty weight ({'; '.join(knobs)})"

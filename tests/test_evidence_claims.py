@@ -1,0 +1,201 @@
+"""The prose of docs/results.md and the README says what the evidence JSON says.
+
+Each claim is recomputed here from ``docs/evidence/regime.json`` (by the library, from the
+cells) and the text must contain it: a number, a seed count or an ordering that the JSON does
+not give fails. Whitespace is normalised (the prose wraps lines).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mls_tutorial.regime import (
+    cell_ranking,
+    cell_row,
+    finding_paragraph,
+    regime_findings,
+    seeds_lower,
+    trend_markdown,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+EVIDENCE = ROOT / "docs" / "evidence"
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+@pytest.fixture(scope="module")
+def study() -> dict:
+    study = json.loads((EVIDENCE / "regime.json").read_text())
+    # recomputed by the current library from the cells, not read from the stored findings
+    study["findings"] = {w: regime_findings(study["cells"], w) for w in ("chosen", "default")}
+    return study
+
+
+@pytest.fixture(scope="module")
+def section9() -> str:
+    text = (ROOT / "docs" / "results.md").read_text()
+    start = text.index("## 9. When does the margin help?")
+    return text[start : text.index("\n## ", start + 5)]
+
+
+def _cells(study):
+    return {(c["preset"], c["iterations"]): c for c in study["cells"]}
+
+
+def test_the_trend_table_and_the_finding_are_the_ones_the_json_gives(study, section9):
+    block = section9.split("<!-- regime-trend-default")[1].split("<!-- /regime-trend-default")[0]
+    table = "\n".join(line for line in block.splitlines() if line.startswith("|"))
+    assert table.strip() == trend_markdown(study["findings"]["default"]).strip()
+    regime_md = (EVIDENCE / "regime.md").read_text()
+    assert finding_paragraph(study) in regime_md  # regime.md is up to date with the library
+
+
+def test_length_and_capacity_claims_carry_their_seed_counts(study, section9):
+    text = _flat(section9)
+    default = study["findings"]["default"]
+    tiny = default["tiny"]["trend"]["mbls"]
+    adv = default["tiny"]["advantage"]["mbls"]
+    pct = {n: f"{100 * adv[str(n)]['relative']:+.0f}%".replace("+", "") for n in (1000, 4000)}
+    assert f"goes {pct[1000]} -> {pct[4000]} from 1000 to 4000 iterations" in text
+    assert f"grew on {tiny['n_grew']} of {len(tiny['seeds'])} seeds" in text
+    chosen = study["findings"]["chosen"]["tiny"]["trend"]["mbls"]
+    assert chosen["n_grew"] == len(chosen["seeds"]) == 3  # "also on 3 of 3 seeds"
+    for fam in ("ls", "ecp", "cals"):  # "each on 3 of 3 seeds"
+        t = default["tiny"]["trend"][fam]
+        assert t["n_grew"] == len(t["seeds"]) == 3
+    # capacity: the per-seed count, seed 4's three numbers, CE's range at paper
+    presets = ("tiny", "small", "paper")
+    a = [default[p]["advantage"]["mbls"]["1000"] for p in presets]
+    rel = {s: [x["by_seed"][s] / x["ce_by_seed"][s] for x in a] for s in a[0]["by_seed"]}
+    grows = sum(all(y < x for x, y in zip(r, r[1:], strict=False)) for r in rel.values())
+    assert f"grows from preset to preset on only {grows} of {len(rel)} seeds" in text
+    seed4 = ", ".join(f"{100 * r:+.0f}%".replace("+", "") for r in rel["4"])
+    assert f"(seed 4: {seed4})" in text
+    ce = list(a[2]["ce_by_seed"].values())
+    assert f"ranges {min(ce):.3f}-{max(ce):.3f}" in text
+    means = " / ".join(f"{100 * x['relative']:+.0f}%".replace("+", "") for x in a)
+    assert f"mean relative change is {means}" in text
+    assert all(x["n_better"] == x["n"] == 3 for x in a)  # "lower than CE on 3 of 3 seeds"
+
+
+def test_rankings_and_temperature_scaling_claims(study, section9):
+    text = _flat(section9)
+    cells = _cells(study)
+    leaders = {k: cell_ranking(c, "default")[0] for k, c in cells.items()}
+    assert {k: f for k, (_, f, _) in leaders.items()} == {
+        ("tiny", 1000): "ecp",
+        ("tiny", 4000): "ecp",
+        ("small", 1000): "ecp",
+        ("paper", 1000): "cals",
+    }
+    for key, phrase in (
+        (("tiny", 1000), "`tiny` 1000 ({:.3f})"),
+        (("tiny", 4000), "`tiny` 4000 ({:.3f})"),
+        (("small", 1000), "`small` ({:.3f}"),
+        (("paper", 1000), "`paper` ({:.3f})"),
+    ):
+        assert phrase.format(leaders[key][0]) in text
+    assert all(
+        [f for _, f, _ in cell_ranking(c, "default")][1] == "mbls" for c in cells.values()
+    )  # "MbLS second in all four"
+    k, n = seeds_lower(cells[("small", 1000)], "ecp", "mbls", "default")
+    assert f"on only {k} of {n} seeds" in text
+    # the holes named at tiny 4000 and paper: only these were ranked at the re-chosen knobs
+    assert [f for _, f, _ in cell_ranking(cells[("tiny", 4000)], "chosen")] == ["mbls", "ce"]
+    assert [f for _, f, _ in cell_ranking(cells[("paper", 1000)], "chosen")] == ["cals", "ce"]
+    ts = {k: cell_row(c, "ce_ts", "default")["ece"] for k, c in cells.items()}
+    assert f"({min(ts.values()):.3f}-{max(ts.values()):.3f})" in text
+    below = {
+        w: sum(ts[k] <= cell_ranking(c, w)[0][0] for k, c in cells.items())
+        for w in ("chosen", "default")
+    }
+    assert below == {"chosen": 3, "default": 4}
+    assert "in every cell at the default knobs and in 3 of 4 at the re-chosen ones" in text
+
+
+def test_the_readme_says_what_section_9_says(study):
+    text = _flat((ROOT / "README.md").read_text())
+    default = study["findings"]["default"]
+    tiny = default["tiny"]
+    ce = tiny["ce"]
+    assert f"({ce['1000']['ece']:.3f} -> {ce['4000']['ece']:.3f})" in text
+    adv, trend = tiny["advantage"]["mbls"], tiny["trend"]["mbls"]
+    a, b = (round(-100 * adv[n]["relative"]) for n in ("1000", "4000"))
+    assert f"grows from {a}% to {b}% (on {trend['n_grew']} of {len(trend['seeds'])} seeds" in text
+    paper = round(-100 * default["paper"]["advantage"]["mbls"]["1000"]["relative"])
+    assert f"the mean reduction reaches {paper}%" in text
+    cells = _cells(study)
+    leaders = {cell_ranking(c, "default")[0][1] for c in cells.values()}
+    assert leaders == {"ecp", "cals"}  # "ECP or CALS is the best training loss in every cell"
+    assert all(cell_ranking(c, "default")[1][1] == "mbls" for c in cells.values())
+    assert all(
+        cell_row(c, "ce_ts", "default")["ece"] <= cell_ranking(c, "default")[0][0]
+        for c in cells.values()
+    )
+
+
+def test_section_10_tables_and_sentences_are_the_ones_length_json_gives():
+    from mls_tutorial.after_ts import after_ts_markdown, after_ts_sentences
+    from mls_tutorial.length_curve import length_markdown, length_sentences
+
+    study = json.loads((EVIDENCE / "length.json").read_text())
+    text = (ROOT / "docs" / "results.md").read_text()
+    series = study["length"]["ece"]
+    for marker, table, sentences in (
+        ("after-ts", after_ts_markdown(study["after_ts"]), after_ts_sentences(study["after_ts"])),
+        ("length-ece", length_markdown(series, "ece"), length_sentences(series)),
+    ):
+        block = text.split(f"<!-- {marker}:")[1].split(f"<!-- /{marker}")[0]
+        got = "\n".join(line for line in block.splitlines() if line.startswith("|"))
+        assert got.strip() == table.strip(), marker
+        bullets = [line[2:].rstrip(".") for line in block.splitlines() if line.startswith("- ")]
+        assert bullets == sentences, marker
+    assert (EVIDENCE / "length.md").read_text().count(after_ts_markdown(study["after_ts"])) == 1
+
+
+def test_section_10_prose_on_temperature_scaling():
+    study = json.loads((EVIDENCE / "length.json").read_text())
+    text = (ROOT / "docs" / "results.md").read_text()
+    text = _flat(text[text.index("## 10.") : text.index("## Where these data disagree")])
+    e = {x["method"].split()[0]: x for x in study["after_ts"]}
+    assert set(e) == {"CE", "LS", "ECP", "MbLS"}
+    for name, phrase in (("MbLS", "MbLS {:+.3f} on {} of {}"), ("ECP", "ECP {:+.3f} on {} of {}")):
+        d = e[name]["vs_ref"]
+        assert phrase.format(d["mean"], d["n_better"], d["n"]).replace("+", "") in text
+    for name in ("LS", "ECP", "MbLS"):  # "each is above CE + TS on 4 of 5 seeds"
+        d = e[name]["vs_ref_ts"]
+        assert sum(x > 0 for x in d["diffs"]) == 4 and d["n"] == 5
+    ts = [e[n]["ts"]["ece"] for n in ("LS", "ECP", "MbLS")]
+    assert f"{min(ts):.3f}-{max(ts):.3f} against {e['CE']['ts']['ece']:.3f}" in text
+    t = {n: f"{e[n]['ts']['temperature']:.2f}" for n in e}
+    assert (
+        f"mean {t['MbLS']} for MbLS, {t['LS']} for LS, {t['ECP']} for ECP, against {t['CE']}"
+        in text
+    )
+    assert all(round(e[n]["ts"]["gap"], 2) == 0.05 for n in ("LS", "ECP", "MbLS"))
+    assert f"CE + TS ends at {e['CE']['ts']['gap']:.3f}" in text
+    val = {n: e[n]["ts"]["val_gap"] for n in e}
+    assert f"mean gap {val['CE']:+.2f} for CE + TS" in text
+    others = sorted(round(val[n], 2) for n in ("LS", "ECP", "MbLS"))
+    assert f"{others[0]:+.2f} to {others[-1]:+.2f} for the others" in text
+
+
+def test_the_readme_says_what_section_10_says():
+    study = json.loads((EVIDENCE / "length.json").read_text())
+    text = _flat((ROOT / "README.md").read_text())
+    e = {x["method"].split()[0]: x for x in study["after_ts"]}
+    ts = [e[n]["ts"]["ece"] for n in ("LS", "ECP", "MbLS")]
+    assert (
+        f"(foreground ECE {min(ts):.3f}-{max(ts):.3f} against {e['CE']['ts']['ece']:.3f})" in text
+    )
+    assert all(sum(x > 0 for x in e[n]["vs_ref_ts"]["diffs"]) == 4 for n in ("LS", "ECP", "MbLS"))
+    assert "4 of 5 seeds" in text and all(
+        round(e[n]["ts"]["gap"], 2) == 0.05 for n in ("LS", "ECP", "MbLS")
+    )
