@@ -280,11 +280,11 @@ def _update_blocks(path: Path, blocks: dict[str, str]) -> None:
 def report(args) -> None:
 
     from mls_tutorial.after_ts import after_ts_markdown, after_ts_rows, after_ts_sentences
+    from mls_tutorial.files import atomic_write, write_json
     from mls_tutorial.length_curve import length_markdown, length_sentences, length_series
     from mls_tutorial.plots.length import length_curves
     from mls_tutorial.results import results_table
     from mls_tutorial.runs import find_runs, normalize_config, run_label
-    from mls_tutorial.train.checkpoint import atomic_write, write_json
 
     runs = find_runs(args.root)
     # question 1: 1000 iterations, last weights, seeds 1-5

@@ -645,8 +645,8 @@ def refresh(args) -> None:
     current library from the cells."""
     import csv
 
+    from mls_tutorial.files import atomic_write, write_json
     from mls_tutorial.regime import cell_holes, regime_findings, regime_markdown
-    from mls_tutorial.train.checkpoint import atomic_write, write_json
 
     study = json.loads((args.out / "regime.json").read_text())
     with open(args.out / "regime.csv", newline="") as f:
@@ -824,7 +824,7 @@ def main(argv=None) -> int:
                 for r in sched.finished
             ],
         }
-        from mls_tutorial.train.checkpoint import write_json
+        from mls_tutorial.files import write_json
 
         info["started"] = sched.t0
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(sched.t0))

@@ -437,20 +437,8 @@ def _shipped_parser(sub, fmt) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mls-tutorial",
-        description="Margin-based label smoothing (MbLS) for calibrated segmentation: "
-        "train, evaluate and compare calibration losses on bundled brain MRI data.",
-        epilog="Start with: mls-tutorial demo   (or mls-tutorial demo --fast for a 1-minute run)",
-    )
-    parser.add_argument("--version", action="version", version=f"mls-tutorial {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    fmt = _HelpFormatter
-    for add in (_demo_parser, _train_parser, _evaluate_parser, _sweep_parser, _report_parser,
-                _shipped_parser):  # fmt: skip
-        add(sub, fmt)
-
+def _score_parser(sub, fmt) -> None:
+    """`score`: any model's saved probability maps against label maps."""
     p = sub.add_parser(
         "score",
         help="calibration of any model's saved probability maps (nnU-Net, NIfTI, NumPy)",
@@ -505,15 +493,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _nnunet_parser(sub, fmt) -> None:
+    """`nnunet`: the trainer folder for nnUNet_extTrainer, the MNI task exported."""
     p = sub.add_parser(
         "nnunet",
         help="MbLS in nnU-Net v2: the trainer folder, the MNI task as an nnU-Net dataset",
+        formatter_class=fmt,
         description="nnU-Net v2 trainers with MbLS, LS and ECP (docs/nnunet.md): `path` prints "
         "the folder for nnUNet_extTrainer, `export-mni OUT` writes the bundled task.",
     )
     from mls_tutorial.nnunet.command import add_arguments as _nnunet_arguments
 
     _nnunet_arguments(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mls-tutorial",
+        description="Margin-based label smoothing (MbLS) for calibrated segmentation: "
+        "train, evaluate and compare calibration losses on bundled brain MRI data.",
+        epilog="Start with: mls-tutorial demo   (or mls-tutorial demo --fast for a 1-minute run)",
+    )
+    parser.add_argument("--version", action="version", version=f"mls-tutorial {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    fmt = _HelpFormatter
+    for add in (_demo_parser, _train_parser, _evaluate_parser, _sweep_parser, _report_parser,
+                _shipped_parser, _score_parser, _nnunet_parser):  # fmt: skip
+        add(sub, fmt)
     return parser
 
 

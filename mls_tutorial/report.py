@@ -136,9 +136,8 @@ def write_chosen(
 ) -> ChosenReport:
     """``report --choose-on val``: ``chosen.md``/``chosen.json``, ``grid.md`` and the weight
     sweep figure in ``out`` (each file written atomically)."""
+    from mls_tutorial.files import atomic_write, write_json
     from mls_tutorial.results import choose_on_validation, chosen_markdown, grid_markdown
-    from mls_tutorial.train import write_json
-    from mls_tutorial.train.checkpoint import atomic_write
 
     out = Path(out)
     chosen = choose_on_validation(rows, dice_tolerance=dice_tolerance)

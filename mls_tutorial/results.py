@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from mls_tutorial.runs import Run, run_key, write_json
+from mls_tutorial.files import write_json
+from mls_tutorial.registry import family_rank
+from mls_tutorial.runs import Run, run_key
 
 #: metrics.json key -> column header of the results table
 TABLE_COLUMNS = {
@@ -45,14 +47,10 @@ TABLE_COLUMNS = {
 #: validation metrics kept per run (``metrics.json["val"]``), columns ``val_<key>``
 VAL_COLUMNS = {"dice": "val DSC", "ece": "val ECE (fg)", "gap": "val conf - acc"}
 LOWER_IS_BETTER = {"ece", "cece", "ece_all", "ece_true", "tce", "hd95", "prob_gap", "nll"}
-# the paper's losses, then its sequels (CALS, ACLS), then the calibration-error losses
-_LOSS_ORDER = (
-    *("ce", "ce_dice", "focal", "ls", "ecp", "svls", "nacl", "linear", "mbls"),
-    *("cals", "acls", "mdca", "hl1ace", "sl1ace"),
-)
 
 
-def _stats(values: Sequence[Any]) -> tuple[float | None, float | None]:
+def mean_std(values: Sequence[Any]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof 1) of the finite values; None where undefined."""
     finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     mean = float(np.mean(finite)) if finite else None
     return mean, (float(np.std(finite, ddof=1)) if len(finite) > 1 else None)
@@ -92,22 +90,21 @@ def results_table(runs: list[Run]) -> list[dict[str, Any]]:
         }
         for k in TABLE_COLUMNS:
             row[f"{k}_values"] = [r.metrics.get(k) for r in members]
-            row[k], row[f"{k}_std"] = _stats(row[f"{k}_values"])
+            row[k], row[f"{k}_std"] = mean_std(row[f"{k}_values"])
         for k in VAL_COLUMNS:
             row[f"val_{k}_values"] = [(r.metrics.get("val") or {}).get(k) for r in members]
-            row[f"val_{k}"], row[f"val_{k}_std"] = _stats(row[f"val_{k}_values"])
+            row[f"val_{k}"], row[f"val_{k}_std"] = mean_std(row[f"val_{k}_values"])
         names = list((members[0].metrics.get("per_class") or {}).keys())
         row["per_class_dice_values"] = {
             n: [r.metrics["per_class"][n]["dice"] for r in members] for n in names
         }
-        row["per_class_dice"] = {n: _stats(v)[0] for n, v in row["per_class_dice_values"].items()}
+        row["per_class_dice"] = {n: mean_std(v)[0] for n, v in row["per_class_dice_values"].items()}
         rows.append(row)
-    order = {name: i for i, name in enumerate(_LOSS_ORDER)}
     return sorted(
         rows,
         key=lambda r: (
             r["temperature_scaling"] and r["loss"] == "ce",
-            order.get(r["family"], len(order)),
+            family_rank(r["family"]),
             r["margin"] or 0.0,
             sorted(r["loss_kwargs"].items()),
             r["temperature_scaling"],
@@ -124,7 +121,7 @@ def _on_seeds(row: dict[str, Any], key: str, seeds: Sequence[int]) -> list[float
 
 
 def _mean_on(row, key, seeds) -> float:
-    mean = _stats(_on_seeds(row, key, seeds))[0]
+    mean = mean_std(_on_seeds(row, key, seeds))[0]
     return float("nan") if mean is None else mean
 
 
@@ -209,7 +206,7 @@ def paired_difference(
         if x is not None and y is not None and math.isfinite(float(x) - float(y))
     ]
     diffs = [d for _, d in pairs]
-    mean, std = _stats(diffs)
+    mean, std = mean_std(diffs)
     base = key[4:] if key.startswith("val_") else key
     better = sum(d < 0 if base in LOWER_IS_BETTER else d > 0 for d in diffs)
     return {
@@ -276,7 +273,7 @@ def chosen_markdown(
         r, seeds = c["chosen"], c.get("report_seeds", c["seeds"])
         cells = [c["family"], r["method"] + ("" if c["eligible"] else " (none within 1 pt)")]
         cells.append(str(len(seeds)))
-        cells += [_cell(*_stats(_on_seeds(r, k, seeds)), k) for k in cols]
+        cells += [_cell(*mean_std(_on_seeds(r, k, seeds)), k) for k in cols]
         cells += [_fmt(r["per_class_dice"].get(n)) for n in classes]
         for key in ("ece", "dice"):
             if c["family"] == reference:
@@ -366,7 +363,7 @@ def _kwargs_text(row: dict[str, Any]) -> str:
 
 def write_results(rows: list[dict[str, Any]], out_dir: str | Path, name: str = "results") -> dict:
     """Write ``<name>.md``, ``<name>.csv`` and ``<name>.json`` atomically; returns their paths."""
-    from mls_tutorial.train.checkpoint import atomic_write
+    from mls_tutorial.files import atomic_write
 
     out_dir = Path(out_dir)
     paths = {ext: out_dir / f"{name}.{ext}" for ext in ("md", "csv", "json")}

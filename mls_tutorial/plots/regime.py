@@ -19,9 +19,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mls_tutorial.plots._common import axes_grid, new_figure, root_figure
+from mls_tutorial.registry import family_label
 
 FAMILIES = ("ce", "ls", "ecp", "mbls", "cals", "ce_ts")
-LABELS = {"ce": "CE", "ls": "LS", "ecp": "ECP", "mbls": "MbLS", "cals": "CALS", "ce_ts": "CE + TS"}
+LABELS = {fam: family_label(fam) for fam in FAMILIES}
 TITLES = {
     "ece": "ECE (fg, test)",
     "gap": "conf - acc (fg, test)",

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mls_tutorial.plots._common import axes_grid, root_figure
+from mls_tutorial.registry import family_label
 
 #: the knob that weighs each family's penalty (``alpha`` unless named here)
 WEIGHT_KNOB = {"ecp": "beta"}
@@ -33,9 +34,7 @@ def weight_curves(
             continue
         if knob not in row.get("loss_kwargs", {}):
             continue
-        label = {"linear": "linear (MbLS m=0)", "ls": "LS", "ecp": "ECP", "nacl": "NACL"}.get(
-            fam, fam
-        )
+        label = family_label(fam)
         if fam == "mbls":
             label = f"MbLS m={float(row['margin']):g}"
         groups[label].append(row)

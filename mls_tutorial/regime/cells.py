@@ -7,9 +7,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mls_tutorial.regime.records import CELL_METRICS, FAMILIES, LABELS, PAIRED, _stats
+from mls_tutorial.regime.records import CELL_METRICS, FAMILIES, LABELS, PAIRED
 from mls_tutorial.results import (
     choose_on_validation,
+    mean_std,
     paired_difference,
     results_table,
 )
@@ -37,7 +38,7 @@ def _row(records: Sequence[dict], family: str, loss_kwargs: dict) -> dict[str, A
     }
     for k in CELL_METRICS:
         row[f"{k}_values"] = [r.get(k) for r in records]
-        row[k], row[f"{k}_std"] = _stats(row[f"{k}_values"])
+        row[k], row[f"{k}_std"] = mean_std(row[f"{k}_values"])
     return row
 
 

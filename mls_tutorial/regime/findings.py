@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mls_tutorial.regime.cells import cell_row
-from mls_tutorial.regime.records import FAMILIES, _stats
+from mls_tutorial.regime.records import FAMILIES
+from mls_tutorial.results import mean_std
 
 
 def regime_findings(cells: Sequence[Mapping], which: str = "chosen") -> dict[str, Any]:
@@ -49,7 +50,7 @@ def regime_findings(cells: Sequence[Mapping], which: str = "chosen") -> dict[str
             if row is None or "ece" not in row["vs_ce"]:
                 continue
             d, dd = row["vs_ce"]["ece"], row["vs_ce"]["dice"]
-            base = _stats(
+            base = mean_std(
                 [v for s, v in zip(ce["seeds"], ce["ece_values"], strict=True) if s in d["seeds"]]
             )[0]
             entry["advantage"].setdefault(fam, {})[str(n)] = {
@@ -90,7 +91,7 @@ def _trends(entry: Mapping[str, Any]) -> dict[str, Any]:
             "long": lengths[-1],
             "seeds": [int(s) for s in seeds],
             "change": change,
-            "mean_change": _stats(change)[0],
+            "mean_change": mean_std(change)[0],
             "n_grew": sum(c < 0 for c in change),
             "n_shrank": sum(c > 0 for c in change),
             "ce_change": ce_change,

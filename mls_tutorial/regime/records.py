@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from mls_tutorial.registry import family_label
 from mls_tutorial.runs import Run, run_key
 
 DISTANCES_FILE = "distances.json"
@@ -18,7 +19,8 @@ DISTANCES_FILE = "distances.json"
 FAMILIES = ("ce", "ls", "ecp", "mbls", "cals", "ce_ts")
 
 
-LABELS = {"ce": "CE", "ls": "LS", "ecp": "ECP", "mbls": "MbLS", "cals": "CALS", "ce_ts": "CE + TS"}
+#: their labels, from the loss registry (one place for a loss's name)
+LABELS = {fam: family_label(fam) for fam in FAMILIES}
 
 
 #: per-run numbers averaged over seeds in each cell (the paired ones first)
@@ -87,8 +89,8 @@ def measure_distances(
     import torch
 
     from mls_tutorial.device import pick_device
+    from mls_tutorial.files import write_json
     from mls_tutorial.metrics import distance_summary
-    from mls_tutorial.train.checkpoint import write_json
     from mls_tutorial.train.evaluation import predict_logits
 
     if run.config.get("temperature_scaling"):
@@ -114,7 +116,7 @@ def measure_distances(
 
 def read_distances(run: Run) -> dict[str, Any] | None:
     """``<run>/distances.json`` (``measure_distances``), or None when absent."""
-    from mls_tutorial.train.checkpoint import read_json
+    from mls_tutorial.files import read_json
 
     path = run.path / DISTANCES_FILE
     return read_json(path) if path.is_file() else None
@@ -159,9 +161,3 @@ def run_record(run: Run, margin: float = 5.0) -> dict[str, Any]:
         rec[f"{part}_mean_distance"] = summary.get("mean")
         rec[f"{part}_share_above_margin"] = (summary.get("share_above") or {}).get(f"{margin:g}")
     return rec
-
-
-def _stats(values: Sequence[Any]) -> tuple[float | None, float | None]:
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    mean = float(np.mean(finite)) if finite else None
-    return mean, (float(np.std(finite, ddof=1)) if len(finite) > 1 else None)

@@ -208,7 +208,7 @@ def write_study(
 ) -> dict[str, Path]:
     """``<name>.json``, ``<name>.csv`` (one line per run) and ``<name>.md`` (``header``, then
     the tables), atomically."""
-    from mls_tutorial.train.checkpoint import atomic_write, write_json
+    from mls_tutorial.files import atomic_write, write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ def score_folder(
     ``val_cases``). Returns the metrics written.
     """
     from mls_tutorial import report
-    from mls_tutorial.train import write_json
+    from mls_tutorial.files import write_json
 
     out = Path(out).resolve()  # `--out .` names the current folder
     previous = previous_outputs(out, OUTPUT_FILES)
