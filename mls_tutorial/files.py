@@ -7,6 +7,7 @@ layer writes through it (run folders, checkpoints, tables, score outputs).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -55,3 +56,12 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def sha256(path: Path) -> str:
+    """The file's SHA-256, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

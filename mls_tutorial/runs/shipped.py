@@ -15,7 +15,6 @@ layer above: this module knows nothing of training.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mls_tutorial.files import write_json
+from mls_tutorial.files import sha256, write_json
 from mls_tutorial.runs.config import normalize_config, run_key, run_name
 from mls_tutorial.runs.folder import (
     CONFIG_FILE,
@@ -96,15 +95,6 @@ def find(config: dict[str, Any], root: Path | None = None) -> dict[str, Any] | N
         if entry["key"] == key and entry["config"] == cfg:
             return entry
     return None
-
-
-def sha256(path: Path) -> str:
-    """The file's SHA-256, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _source_files(entry: dict[str, Any], root: Path) -> dict[str, Path]:

@@ -13,7 +13,6 @@ since (its bytes differ from the manifest): neither is ever overwritten.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import signal
@@ -22,18 +21,11 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from mls_tutorial.files import sha256
 from mls_tutorial.score.layouts import ScoreInputError
 
 MANIFEST = ".score-manifest.json"
 _STAGE, _OLD = ".score-new-", ".score-old-"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _listing(out: Path, names: Iterable[str], limit: int = 5) -> str:
