@@ -63,10 +63,23 @@ def _subparsers(parser):
 def test_every_option_of_every_command_has_help():
     parser = build_parser()
     commands = _subparsers(parser)
-    assert set(commands) == {"demo", "train", "evaluate", "sweep", "report", "score", "shipped"}
-    for name, sub in commands.items():
+    assert set(commands) == {
+        "demo",
+        "train",
+        "evaluate",
+        "sweep",
+        "report",
+        "score",
+        "shipped",
+        "nnunet",
+    }
+    todo = list(commands.items())  # nested subcommands (nnunet path, nnunet export-mni) too
+    while todo:
+        name, sub = todo.pop()
         for action in sub._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {n}", p) for n, p in action.choices.items()]
 
 
 def test_version_help_and_no_command(capsys):

@@ -16,7 +16,9 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(p) -> None:
     """The ``nnunet`` subparser's own subcommands (``p`` from ``sub.add_parser("nnunet")``)."""
-    sub = p.add_subparsers(dest="nnunet_command", metavar="ACTION", required=True)
+    sub = p.add_subparsers(
+        dest="nnunet_command", metavar="ACTION", required=True, help="path or export-mni"
+    )
     q = sub.add_parser("path", help=f"print the folder to put in {ENV_VAR}")
     q.add_argument(
         "--check",
