@@ -109,3 +109,14 @@ def test_export_mni_never_writes_into_a_non_empty_folder(tmp_path, capsys):
     assert main(["nnunet", "export-mni", str(out)]) == 1
     assert "not an empty folder" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+def test_deep_supervision_weights_formula_and_bad_counts():
+    from mls_tutorial.nnunet.penalties import deep_supervision_weights
+
+    # 5 outputs: 1, 1/2, 1/4, 1/8 and 0, over 15/8
+    assert deep_supervision_weights(5) == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15, 0.0])
+    assert deep_supervision_weights(2) == [1.0, 0.0]
+    for bad in (1, 0, 2.0, True):
+        with pytest.raises(ValueError, match="n_outputs"):
+            deep_supervision_weights(bad)

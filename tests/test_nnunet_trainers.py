@@ -257,6 +257,16 @@ def test_baseline_schedule_variant_keeps_nnunet_loss(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("name", ["nnUNetTrainer", "nnUNetTrainerMbLS"])
+def test_deep_supervision_weights_are_nnunets(name, tmp_path, monkeypatch):
+    """The torch-only mirror the course teaches with equals nnU-Net's own wrapper weights."""
+    from mls_tutorial.nnunet.penalties import deep_supervision_weights
+
+    wrapper = _trainer(name, tmp_path, monkeypatch)._build_loss()
+    got = deep_supervision_weights(len(wrapper.weight_factors))
+    assert got == pytest.approx(list(wrapper.weight_factors), rel=1e-12)
+
+
 def test_variant_names():
     assert mod.parse_variant("nnUNetTrainerMbLS_m5") == (
         "nnUNetTrainerMbLS",

@@ -10,6 +10,10 @@ none left the penalty is 0, as nnU-Net's CE is then 0. Both run with autocast of
 logits upcast to float32 (float32 and float64 kept), so mixed precision changes the logits, not the penalty's
 arithmetic. The margin's normalisation (mean over classes) is the official MbLS code's and this
 project's ``MarginLoss``; the entropy is summed over classes, as ``ConfidencePenaltyLoss``.
+
+nnU-Net trains each deep-supervision output ``i`` with ``w_i * (loss_i + penalty_i)``: the
+penalty is added per output (``PenalizedLoss``) inside nnU-Net's ``DeepSupervisionWrapper``,
+whose weights are ``deep_supervision_weights``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MarginPenalty", "EntropyPenalty", "check_knob"]
+__all__ = [
+    "MarginPenalty",
+    "EntropyPenalty",
+    "PenalizedLoss",
+    "check_knob",
+    "deep_supervision_weights",
+]
 
 
 def check_knob(name: str, value) -> float:
@@ -86,3 +96,26 @@ class EntropyPenalty(_Penalty):
     def per_voxel(self, z: Tensor) -> Tensor:
         log_s = torch.log_softmax(z, dim=1)
         return self.beta * (log_s.exp() * log_s).sum(dim=1)
+
+
+class PenalizedLoss(nn.Module):
+    """``loss(output, target) + penalty(output, target)`` for one deep-supervision output."""
+
+    def __init__(self, loss: nn.Module, penalty: nn.Module):
+        super().__init__()
+        self.loss, self.penalty = loss, penalty
+
+    def forward(self, net_output, target):
+        return self.loss(net_output, target) + self.penalty(net_output, target)
+
+
+def deep_supervision_weights(n_outputs: int) -> list[float]:
+    """nnU-Net v2's weights of its ``n_outputs`` deep-supervision outputs (full resolution first):
+    ``w_i = 2^-i``, the lowest output's set to 0, normalised to sum 1 (``nnUNetTrainer._build_loss``
+    without DDP; ``tests/test_nnunet_trainers.py`` checks them against nnU-Net's own)."""
+    if not isinstance(n_outputs, int) or isinstance(n_outputs, bool) or n_outputs < 2:
+        raise ValueError(
+            f"n_outputs must be an int >= 2 (nnU-Net drops the lowest), got {n_outputs!r}"
+        )
+    w = [2.0**-i for i in range(n_outputs - 1)] + [0.0]
+    return [x / sum(w) for x in w]

@@ -50,9 +50,8 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerCELoss import nnUNetTrainerCELoss
-from torch import nn
 
-from mls_tutorial.nnunet.penalties import EntropyPenalty, MarginPenalty, check_knob
+from mls_tutorial.nnunet.penalties import EntropyPenalty, MarginPenalty, PenalizedLoss, check_knob
 
 #: family -> (nnU-Net trainer it extends, penalty, default knobs)
 FAMILIES = {
@@ -76,17 +75,6 @@ _TOKENS = {
 }
 _CUDA = torch.device("cuda")  # nnU-Net's default device argument
 GRAMMAR = "FAMILY[_m<margin>][_a<weight>][_<N>epochs][_<N>iters][_seed<N>][_noval], 'p' for '.'"
-
-
-class PenalizedLoss(nn.Module):
-    """``loss(output, target) + penalty(output, target)`` for one deep-supervision output."""
-
-    def __init__(self, loss: nn.Module, penalty: nn.Module):
-        super().__init__()
-        self.loss, self.penalty = loss, penalty
-
-    def forward(self, net_output, target):
-        return self.loss(net_output, target) + self.penalty(net_output, target)
 
 
 class CalibrationTrainerMixin:
