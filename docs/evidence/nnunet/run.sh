@@ -5,7 +5,7 @@
 # (no test-time mirroring) on the validation and test subjects and `mls-tutorial score` with
 # temperature scaling fitted on the validation subjects. Needs the nnU-Net venv on PATH.
 #   bash docs/evidence/nnunet/run.sh WORK        (EPOCHS=5 ITERS=8 SEEDS="1 2 3" JOBS=2 DEVICE=cpu)
-# then: python docs/evidence/nnunet/table.py WORK > docs/evidence/nnunet/table.md
+# then: python docs/evidence/nnunet/table.py WORK   (writes table.md and table.json here)
 set -euo pipefail
 WORK=$(realpath -m "${1:?usage: run.sh WORK}")
 EPOCHS=${EPOCHS:-5} ITERS=${ITERS:-8} SEEDS=${SEEDS:-"1 2 3"} JOBS=${JOBS:-2} DEVICE=${DEVICE:-cpu}
