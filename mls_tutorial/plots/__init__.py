@@ -26,6 +26,7 @@ from mls_tutorial.plots.multipliers import (
     multiplier_curves,
     multiplier_history,
 )
+from mls_tutorial.plots.paired import paired_differences
 from mls_tutorial.plots.penalties import penalty_curves, penalty_functions
 from mls_tutorial.plots.regime import (
     regime_capacity,
@@ -53,6 +54,7 @@ __all__ = [
     "margin_sweep",
     "multiplier_curves",
     "multiplier_history",
+    "paired_differences",
     "penalty_curves",
     "penalty_functions",
     "regime_capacity",
