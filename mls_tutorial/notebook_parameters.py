@@ -28,6 +28,7 @@ NOTEBOOK_FAST_PARAMETERS = {
     },
     "05_class_adaptive_constraints": dict(_FAST_TRAINING),
     "06_when_does_the_margin_help": {"device": "cpu"},  # reads the study: nothing to shorten
+    "07_mbls_in_nnunet": {"device": "cpu", "batch_size": 2},  # no training: smaller outputs
     "04_your_own_data": {
         "device": "cpu",
         "iterations": 30,

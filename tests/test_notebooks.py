@@ -33,6 +33,7 @@ EXPECTED = {
     "04_your_own_data",
     "05_class_adaptive_constraints",
     "06_when_does_the_margin_help",
+    "07_mbls_in_nnunet",
 }
 # every notebook's parameters include these, plus at least one size/length knob
 COMMON_PARAMETERS = {"device", "output_dir", "seed"}
@@ -45,6 +46,7 @@ DICE_FLOOR = {
     "04_your_own_data": 0.05,
     "05_class_adaptive_constraints": 0.15,
     "06_when_does_the_margin_help": 0.15,
+    "07_mbls_in_nnunet": 0.15,
 }
 
 
@@ -62,6 +64,8 @@ EXERCISE_PARAMETERS = {
     "05_class_adaptive_constraints": {"full_table": True},
     # 06 exercise 2: another report seed's histograms (the default loss, MbLS, is followed)
     "06_when_does_the_margin_help": {"seed": 6},
+    # 07 exercise 1: the course's validated margin on the deep-supervision outputs
+    "07_mbls_in_nnunet": {"margin": 5.0},
 }
 
 
@@ -379,6 +383,28 @@ def check_06(m: dict):
         assert d is None or (d["n_better"] == sum(x < 0 for x in d["diffs"]) and d["n"] >= 1)
 
 
+def check_07(m: dict):
+    """The trainer's loss on deep-supervision outputs: nnU-Net's weights, the float64 formula,
+    the ignore label inert, the comparison's seed counts from table.json."""
+    from mls_tutorial.nnunet.penalties import deep_supervision_weights
+
+    w = m["weights"]
+    assert w == deep_supervision_weights(len(w)) and w[-1] == 0.0
+    assert m["total"] == pytest.approx(
+        sum(wi * (r["ce"] + r["penalty"]) for wi, r in zip(w, m["rows"], strict=True)), rel=1e-5
+    )
+    assert m["float64_max_error"] < 1e-6
+    assert all(r["penalty"] > 0 and 0 < r["share_above_margin"] < 1 for r in m["rows"])
+    assert m["ignored_change"] == 0.0 and m["ignored_grad_max"] == 0.0
+    assert m["bf16_penalty"] == pytest.approx(m["rows"][0]["penalty"], rel=0.05)
+    table = json.loads((ROOT / "docs" / "evidence" / "nnunet" / "table.json").read_text())
+    for p, got in zip(table["pairs"], m["pairs"], strict=True):
+        assert got["n"] == len(p["seeds"])
+        assert got["ece_lower"] == sum(x < 0 for x in p["diffs"]["fg ECE"])
+        assert got["dice_higher"] == sum(x > 0 for x in p["diffs"]["Dice"])
+        assert f"lower on {got['ece_lower']} of {got['n']}" in m["sentences"][m["pairs"].index(got)]
+
+
 CHECKS = {
     "01_constrained_optimization_view": check_01,
     "02_training_with_margin": check_02,
@@ -386,6 +412,7 @@ CHECKS = {
     "04_your_own_data": check_04,
     "05_class_adaptive_constraints": check_05,
     "06_when_does_the_margin_help": check_06,
+    "07_mbls_in_nnunet": check_07,
 }
 
 
@@ -406,8 +433,8 @@ def test_notebook_runs_with_its_defaults_from_shipped_runs(
 
     monkeypatch.setenv(NO_TRAIN_ENV, "1")  # the kernel inherits it: load_or_train may not train
     params = {} if path.stem in TRAINING_EXERCISES else dict(EXERCISE_PARAMETERS.get(path.stem, {}))
-    # 04 trains its own loop and keeps no runs; 06 reads the regime study's tables, no runs
-    if path.stem not in ("04_your_own_data", "06_when_does_the_margin_help"):
+    # 04 trains its own loop and keeps no runs; 06 and 07 read tables of the docs, no runs
+    if path.stem not in ("04_your_own_data", "06_when_does_the_margin_help", "07_mbls_in_nnunet"):
         params["runs_dir"] = str(tmp_path_factory.mktemp("runs"))
     output_dir, metrics = execute(path.stem, params, kernel_ready, "default")
     check_common(output_dir, metrics, path.stem)

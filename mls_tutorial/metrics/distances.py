@@ -93,7 +93,7 @@ class LogitDistanceHistogram:
         z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
         top, pred = z.max(dim=1, keepdim=True)
         raise_if_any((~torch.isfinite(top)).any().view(1), ["logits contain NaN or +inf"])
-        d = top - z  # in the logits' precision; compared in float64 (exact) with the bounds
+        d = (top - z).contiguous()  # logits' precision (channels-last too); compared in float64
         bounds = torch.as_tensor(self._bounds, device=dev)
         dump = 2 * self._cells
         cells = torch.bucketize(d.double(), bounds).scatter_(1, pred, dump)  # winner: no distance

@@ -38,7 +38,7 @@ def paired_differences(
         if bad:
             raise ValueError(f"pair {p['pair']!r}: one difference per seed needed for {bad}")
     axes = axes_grid(
-        ax, len(metrics), direction="row", figsize=(3.2 * len(metrics), 1.2 + 0.6 * len(pairs))
+        ax, len(metrics), direction="row", figsize=(3.2 * len(metrics), 1.8 + 0.6 * len(pairs))
     )
     seeds = sorted({s for p in pairs for s in p["seeds"]})
     for axis, metric in zip(axes, metrics, strict=True):
