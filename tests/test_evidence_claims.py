@@ -165,37 +165,107 @@ def test_section_10_prose_on_temperature_scaling():
     text = (ROOT / "docs" / "results.md").read_text()
     text = _flat(text[text.index("## 10.") : text.index("## Where these data disagree")])
     e = {x["method"].split()[0]: x for x in study["after_ts"]}
-    assert set(e) == {"CE", "LS", "ECP", "MbLS"}
+    assert set(e) == {"CE", "LS", "ECP", "MbLS", "CALS"}
     for name, phrase in (("MbLS", "MbLS {:+.3f} on {} of {}"), ("ECP", "ECP {:+.3f} on {} of {}")):
         d = e[name]["vs_ref"]
         assert phrase.format(d["mean"], d["n_better"], d["n"]).replace("+", "") in text
-    for name in ("LS", "ECP", "MbLS"):  # "each is above CE + TS on 4 of 5 seeds"
+    for name in ("LS", "ECP", "MbLS", "CALS"):  # "each is above CE + TS on 4 of 5 seeds"
         d = e[name]["vs_ref_ts"]
         assert sum(x > 0 for x in d["diffs"]) == 4 and d["n"] == 5
-    ts = [e[n]["ts"]["ece"] for n in ("LS", "ECP", "MbLS")]
+    ts = [e[n]["ts"]["ece"] for n in ("LS", "ECP", "MbLS", "CALS")]
     assert f"{min(ts):.3f}-{max(ts):.3f} against {e['CE']['ts']['ece']:.3f}" in text
     t = {n: f"{e[n]['ts']['temperature']:.2f}" for n in e}
     assert (
-        f"mean {t['MbLS']} for MbLS, {t['LS']} for LS, {t['ECP']} for ECP, against {t['CE']}"
-        in text
+        f"mean {t['MbLS']} for MbLS, {t['CALS']} for CALS, {t['LS']} for LS, {t['ECP']} for ECP,"
+        f" against {t['CE']}" in text
     )
-    assert all(round(e[n]["ts"]["gap"], 2) == 0.05 for n in ("LS", "ECP", "MbLS"))
+    gaps = sorted(round(e[n]["ts"]["gap"], 2) for n in ("LS", "ECP", "MbLS", "CALS"))
+    assert f"{gaps[0]:+.2f} to {gaps[-1]:+.2f} after TS" in text
     assert f"CE + TS ends at {e['CE']['ts']['gap']:.3f}" in text
     val = {n: e[n]["ts"]["val_gap"] for n in e}
     assert f"mean gap {val['CE']:+.2f} for CE + TS" in text
-    others = sorted(round(val[n], 2) for n in ("LS", "ECP", "MbLS"))
+    others = sorted(round(val[n], 2) for n in ("LS", "ECP", "MbLS", "CALS"))
     assert f"{others[0]:+.2f} to {others[-1]:+.2f} for the others" in text
 
 
 def test_the_readme_says_what_section_10_says():
     study = json.loads((EVIDENCE / "length.json").read_text())
     text = _flat((ROOT / "README.md").read_text())
+    losses = ("LS", "ECP", "MbLS", "CALS")
     e = {x["method"].split()[0]: x for x in study["after_ts"]}
-    ts = [e[n]["ts"]["ece"] for n in ("LS", "ECP", "MbLS")]
+    ts = [e[n]["ts"]["ece"] for n in losses]
     assert (
         f"(foreground ECE {min(ts):.3f}-{max(ts):.3f} against {e['CE']['ts']['ece']:.3f})" in text
     )
-    assert all(sum(x > 0 for x in e[n]["vs_ref_ts"]["diffs"]) == 4 for n in ("LS", "ECP", "MbLS"))
-    assert "4 of 5 seeds" in text and all(
-        round(e[n]["ts"]["gap"], 2) == 0.05 for n in ("LS", "ECP", "MbLS")
-    )
+    assert all(sum(x > 0 for x in e[n]["vs_ref_ts"]["diffs"]) == 4 for n in losses)
+    assert "LS, ECP, MbLS and CALS all end above CE + TS on 4 of 5 seeds" in text
+    assert all(round(e[n]["ts"]["gap"], 2) in (0.04, 0.05) for n in losses)  # "about 0.05"
+    curve = _length_points(study, "ece")
+    gap = _length_points(study, "gap")
+    assert f"(gap {gap['CE'][200]['mean']:+.3f}) to over-confident" in text
+    assert f"(+{gap['CE'][4000]['mean']:.3f})" in text
+    for name in ("MbLS m=5", "ECP b=0.3"):
+        d = curve[name][4000]["vs_ref"]["mean"]
+        assert f"{name.split()[0]} {d:+.3f}" in text
+    _assert_penalties_lower_from(curve, 2000)
+    _assert_ts_above_from(curve, 1000)
+
+
+def _length_points(study: dict, metric: str) -> dict:
+    """{series label: {iterations: point}} of one metric of the length curve."""
+    return {s["label"]: {p["iterations"]: p for p in s["points"]} for s in study["length"][metric]}
+
+
+def _assert_penalties_lower_from(curve: dict, start: int) -> None:
+    """ "lower on 3 of 3 seeds from `start` iterations on, by more the longer it trains"."""
+    for name in ("LS a=0.03", "ECP b=0.3", "MbLS m=5"):
+        diffs = [p["vs_ref"] for n, p in sorted(curve[name].items()) if n >= start]
+        assert all(d["n_better"] == d["n"] == 3 for d in diffs), name
+        assert all(b["mean"] < a["mean"] for a, b in zip(diffs, diffs[1:], strict=False)), name
+
+
+def _assert_ts_above_from(curve: dict, start: int) -> None:
+    """ "each loss + TS above CE + TS on 3 of 3 seeds from `start` on, by more the longer"."""
+    for name in ("LS a=0.03 + TS", "ECP b=0.3 + TS", "MbLS m=5 + TS"):
+        diffs = [p["vs_ref"] for n, p in sorted(curve[name].items()) if n >= start]
+        assert all(all(x > 0 for x in d["diffs"]) and d["n"] == 3 for d in diffs), name
+        assert all(b["mean"] > a["mean"] for a, b in zip(diffs, diffs[1:], strict=False)), name
+
+
+def test_section_10_length_prose_is_what_length_json_gives():
+    study = json.loads((EVIDENCE / "length.json").read_text())
+    text = (ROOT / "docs" / "results.md").read_text()
+    text = _flat(text[text.index("**What the length curve shows**") : text.index("## Where")])
+    curve, gap, dice = (_length_points(study, m) for m in ("ece", "gap", "dice"))
+    lengths = sorted(curve["CE"])
+    assert lengths == [200, 500, 1000, 2000, 4000] and not study["missing"]
+    assert all(p["seeds"] == [4, 5, 6] for s in curve.values() for p in s.values())
+    ce_gap = [f"{gap['CE'][n]['mean']:+.3f}" for n in lengths]
+    assert all(g in text for g in ce_gap), ce_gap
+    assert all(x < 0 for x in gap["CE"][200]["values"])  # "under-confident on 3 of 3 seeds"
+    best = min(lengths, key=lambda n: curve["CE"][n]["mean"])
+    assert f"ECE is lowest at {best} ({curve['CE'][best]['mean']:.3f})" in text
+    kept = curve["CE (kept at best val DSC)"]
+    for n in (2000, 4000):
+        d = kept[n]["vs_ref"]
+        assert f"{-d['mean']:.3f}" in text and f"{d['n_better']} of 3" in text
+    _assert_penalties_lower_from(curve, 2000)
+    for name in ("LS a=0.03", "ECP b=0.3", "MbLS m=5"):
+        short = name.split()[0]
+        d = [f"{curve[name][n]['vs_ref']['mean']:+.3f}" for n in (2000, 4000)]
+        assert f"{short} {d[0]} then {d[1]}" in text
+    for n in lengths[1:]:  # "ECP is the lowest loss at every length from 500 on"
+        ranked = sorted(("LS a=0.03", "ECP b=0.3", "MbLS m=5"), key=lambda s: curve[s][n]["mean"])
+        assert ranked == ["ECP b=0.3", "MbLS m=5", "LS a=0.03"], n  # "MbLS between LS and ECP"
+    ts = [curve["CE + TS"][n]["mean"] for n in lengths]
+    assert f"CE at {min(ts):.3f}-{max(ts):.3f} at every length" in text
+    _assert_ts_above_from(curve, 1000)
+    for n in (200, 500):  # "within 0.01 of CE + TS at 200 and 500 iterations"
+        assert all(
+            abs(curve[s][n]["vs_ref"]["mean"]) < 0.01
+            for s in curve
+            if s.endswith("TS") and s != "CE + TS"
+        )
+    mbls_dice = [dice["MbLS m=5"][n]["vs_ref"] for n in (1000, 2000, 4000)]
+    assert [d["n_better"] for d in mbls_dice[:2]] == [0, 0]  # "below CE's on 3 of 3 seeds"
+    assert all(f"{d['mean']:+.3f}" in text for d in mbls_dice)
