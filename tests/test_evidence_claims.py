@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mls_tutorial.regime import (
@@ -269,3 +270,36 @@ def test_section_10_length_prose_is_what_length_json_gives():
     mbls_dice = [dice["MbLS m=5"][n]["vs_ref"] for n in (1000, 2000, 4000)]
     assert [d["n_better"] for d in mbls_dice[:2]] == [0, 0]  # "below CE's on 3 of 3 seeds"
     assert all(f"{d['mean']:+.3f}" in text for d in mbls_dice)
+
+
+def test_the_nnunet_page_quotes_its_table_and_its_seed_counts():
+    """docs/nnunet.md carries table.md verbatim and states each paired claim as table.json has it."""
+    nnunet = EVIDENCE / "nnunet"
+    page = (ROOT / "docs" / "nnunet.md").read_text()
+    assert (nnunet / "table.md").read_text().strip() in page
+    text = _flat(page[page.index("**40 iterations") :].split("What it shows:")[1])  # prose only
+    table = json.loads((nnunet / "table.json").read_text())
+    pairs = {p["pair"].split(" - ")[0]: p for p in table["pairs"]}
+    n = {len(p["seeds"]) for p in pairs.values()}
+    assert n == {3} and f"**40 iterations, {n.pop()} seeds.**" in page
+
+    def said(trainer: str, col: str, sign: int) -> str:
+        d = np.asarray(pairs[trainer]["diffs"][col])
+        k = int((np.sign(d) == sign).sum())
+        mean, sd = d.mean(), d.std(ddof=1)
+        return f"{mean:+.4f} ± {sd:.4f}", f"{k} of {len(d)}"
+
+    for trainer, col, sign in (
+        ("nnUNetTrainerMbLS", "Dice", -1),
+        ("nnUNetTrainerCEMbLS", "gap", -1),
+        ("nnUNetTrainerCEMbLS", "Dice", 1),
+        ("nnUNetTrainerCEMbLS", "fg ECE", -1),
+    ):
+        value, count = said(trainer, col, sign)
+        assert value in text and count in text, (trainer, col)
+    for col, phrase in (
+        ("fg ECE", "on {count} seeds, by {value}"),
+        ("fg ECE, TS", "({value} after TS"),
+    ):
+        value, count = said("nnUNetTrainerMbLS", col, -1)
+        assert count == "3 of 3" and phrase.format(count=count, value=value[1:]) in text, col
