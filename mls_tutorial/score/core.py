@@ -2,7 +2,7 @@
 
 ``score_cases(pairs)`` takes any iterable of ``(probabilities (C, *spatial), labels (*spatial),
 spacing)`` (or ``Case`` objects, or ``CaseFiles`` that read one) and returns the results dict a
-run's ``metrics.json`` holds (``train.evaluate``'s keys). Each case is scored on its own
+run's ``metrics.json`` holds (``metrics.results.assemble``, as for ``train.evaluate``). Each case is scored on its own
 (``case.score_case``: one pass over its pieces gives every table, at each temperature); the
 cases are then merged in their order, so ``workers=N`` processes give the same numbers as one.
 The saved probabilities are taken as logits ``z = log p / T`` (T = 1 as saved; ``T*`` after
