@@ -5,7 +5,7 @@
     python benchmarks/bench_notebook_memory.py --notebooks 03 --runs-dir /tmp/cache-copy
 
 Each ``notebooks/*.ipynb`` (a new one is picked up by itself) runs with papermill on the
-project's engine (``tests/notebook_engine.py``, as ``docs/build.py`` uses it) with its DEFAULT
+project's engine (``mls_tutorial/notebook_engine.py``, as ``docs/build.py`` uses it) with its DEFAULT
 parameters; only ``output_dir`` and ``runs_dir`` are set, both under ``--work``. A code cell
 appended to a copy of the notebook reads the kernel's own ``/proc/self/status`` just before the
 kernel shuts down: ``VmHWM`` is the kernel process's peak resident set size over its whole life;
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,11 +46,8 @@ _json.dump({{"vm_hwm_kb": _kb("VmHWM"), "vm_rss_kb": _kb("VmRSS"),
 
 
 def _engine():
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        import notebook_engine
-    finally:
-        sys.path.pop(0)
+    from mls_tutorial import notebook_engine
+
     return notebook_engine
 
 

@@ -60,13 +60,12 @@ def _record(event: str, **fields) -> None:
 
 
 def pytest_configure(config) -> None:
-    """Instrument ``tests/notebook_engine.py`` before any test imports it."""
-    tests = os.environ.get("STRESS_TESTS")
-    if not tests:
+    """Instrument ``mls_tutorial/notebook_engine.py`` before any test imports it."""
+    if not os.environ.get("STRESS_TESTS"):
         return
-    sys.path.insert(0, tests)
-    import notebook_engine as ne  # the module object the tests will import too
     import zmq
+
+    from mls_tutorial import notebook_engine as ne  # the module object the tests import too
 
     original_execute, original_sliced = ne.execute, ne._sliced
 

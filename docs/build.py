@@ -41,17 +41,6 @@ BINDER = "https://mybinder.org/v2/gh/mls-tutorial/mls-tutorial/HEAD?urlpath=lab/
 PATH_PARAMETERS = ("output_dir", "runs_dir")
 
 
-def _from_tests(module: str):
-    """Import a plain helper module of ``tests/`` (shared with the test suite: one source)."""
-    import importlib
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        return importlib.import_module(module)
-    finally:
-        sys.path.pop(0)
-
-
 def fast_parameters() -> dict[str, dict]:
     """The notebooks' fast parameters (``mls_tutorial/notebook_parameters.py``, as the tests')."""
     from mls_tutorial.notebook_parameters import NOTEBOOK_FAST_PARAMETERS
@@ -91,7 +80,8 @@ def execute(path: Path, parameters: dict, out_dir: Path, force: bool, timeout: i
         if old == json.loads(json.dumps(stamp)):
             print(f"  {path.stem}: up to date ({_relative(target)})")
             return target
-    engine = _from_tests("notebook_engine")  # see its docstring: the hang's fix
+    from mls_tutorial import notebook_engine as engine  # see its docstring: the hang's fix
+
     declared = papermill.inspect_notebook(str(path))
     parameters = {k: v for k, v in parameters.items() if k in declared}
     start = time.perf_counter()

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mls_tutorial.markdown import markdown_table
 from mls_tutorial.results import paired_difference
 
 
@@ -105,7 +106,7 @@ def after_ts_markdown(entries: Sequence[Mapping[str, Any]], reference: str = "CE
         "TS's own ΔECE",
         f"ΔDSC vs {reference}",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    body = []
     for e in entries:
         b, t = e["base"], e["ts"]
         seeds = sorted(set(b["seeds"]) & set(t["seeds"]))
@@ -121,8 +122,8 @@ def after_ts_markdown(entries: Sequence[Mapping[str, Any]], reference: str = "CE
             _diff(e["ts_effect"]),
             _diff(e["dice_vs_ref"], "higher"),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def _verdict(d: Mapping, better: str, worse: str) -> str:

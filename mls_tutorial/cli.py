@@ -741,7 +741,7 @@ def cmd_demo(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from mls_tutorial.files import write_json
-    from mls_tutorial.results import TABLE_COLUMNS
+    from mls_tutorial.metrics.results import TABLE_COLUMNS
     from mls_tutorial.runs import get_data
     from mls_tutorial.train import evaluate, fit_temperature
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mls_tutorial.results import LOWER_IS_BETTER, paired_difference
+from mls_tutorial.markdown import markdown_table
+from mls_tutorial.metrics.results import LOWER_IS_BETTER
+from mls_tutorial.results import paired_difference
 
 #: how a checkpoint rule (``select_metric``) reads in a label
 RULES = {"val_fg_dice": "val DSC", "val_fg_nll": "val NLL", "val_fg_ece": "val ECE"}
@@ -88,7 +90,7 @@ def length_markdown(series: Sequence[Mapping[str, Any]], key: str = "ece") -> st
     lengths = sorted({p["iterations"] for s in series for p in s["points"]})
     better = "lower" if key in LOWER_IS_BETTER else "higher"
     head = ["config", *(f"{n} it" for n in lengths)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    body = []
     for s in series:
         at = {p["iterations"]: p for p in s["points"]}
         cells = [s["label"]]
@@ -103,8 +105,8 @@ def length_markdown(series: Sequence[Mapping[str, Any]], key: str = "ece") -> st
             if d:
                 text += f"; Δ {d['mean']:+.3f}, {better} on {d['n_better']}/{d['n']}"
             cells.append(text)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def length_sentences(series: Sequence[Mapping[str, Any]], key: str = "ece") -> list[str]:

@@ -27,26 +27,13 @@ from typing import Any
 import numpy as np
 
 from mls_tutorial.files import write_json
+from mls_tutorial.markdown import markdown_table
+from mls_tutorial.metrics.results import LOWER_IS_BETTER, TABLE_COLUMNS
 from mls_tutorial.registry import family_rank
 from mls_tutorial.runs import Run, run_key
 
-#: metrics.json key -> column header of the results table
-TABLE_COLUMNS = {
-    "dice": "DSC",
-    "dice_bayes": "DSC vs argmax q",
-    "hd95": "HD95 (mm)",
-    "ece": "ECE (fg)",
-    "ece_true": "ECE vs q (fg)",
-    "tce": "TCE (fg)",
-    "cece": "CECE (fg)",
-    "ece_all": "ECE (all)",
-    "gap": "conf - acc (fg)",
-    "prob_gap": "abs(p - q) (fg)",
-    "temperature": "T",
-}
 #: validation metrics kept per run (``metrics.json["val"]``), columns ``val_<key>``
 VAL_COLUMNS = {"dice": "val DSC", "ece": "val ECE (fg)", "gap": "val conf - acc"}
-LOWER_IS_BETTER = {"ece", "cece", "ece_all", "ece_true", "tce", "hd95", "prob_gap", "nll"}
 
 
 def mean_std(values: Sequence[Any]) -> tuple[float | None, float | None]:
@@ -234,25 +221,25 @@ def format_markdown(rows: list[dict[str, Any]], columns: tuple[str, ...] | None 
     """A Markdown table of ``results_table`` rows (mean ± sample std over seeds)."""
     columns = columns or tuple(k for k in TABLE_COLUMNS if any(r.get(k) is not None for r in rows))
     head = ["method", "seeds", *(TABLE_COLUMNS[k] for k in columns)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    body = []
     for r in rows:
         cells = [r["method"], str(r["n_seeds"]), *(_cell(r[k], r[f"{k}_std"], k) for k in columns)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def grid_markdown(rows: list[dict[str, Any]], chosen: list[dict[str, Any]] | None = None) -> str:
     """Every config: validation DSC / ECE (what the rule reads) next to the test numbers."""
     picked = {c["chosen"]["key"] for c in chosen or []}
     head = ["family", "config", "seeds", *VAL_COLUMNS.values(), "DSC", "ECE (fg)", "conf - acc"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    body = []
     for r in rows:
         mark = " **(chosen)**" if r["key"] in picked else ""
         cells = [r["family"], r["method"] + mark, str(r["n_seeds"])]
         cells += [_cell(r[f"val_{k}"], r[f"val_{k}_std"], k) for k in VAL_COLUMNS]
         cells += [_cell(r[k], r[f"{k}_std"], k) for k in ("dice", "ece", "gap")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def chosen_markdown(
@@ -268,7 +255,7 @@ def chosen_markdown(
     head = ["family", "chosen (on val)", "seeds", *(TABLE_COLUMNS[k] for k in cols)]
     head += [f"DSC {n.split()[0]}" for n in classes]
     head += ["ΔECE vs CE (lower on)", "ΔDSC vs CE (higher on)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    body = []
     for c in chosen:
         r, seeds = c["chosen"], c.get("report_seeds", c["seeds"])
         cells = [c["family"], r["method"] + ("" if c["eligible"] else " (none within 1 pt)")]
@@ -281,14 +268,14 @@ def chosen_markdown(
                 continue
             d = paired_difference(r, ref, key, seeds)
             cells.append(f"{_cell(d['mean'], d['std'], key, sign=True)} ({d['n_better']}/{d['n']})")
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
     for r in extra_rows:
         cells = [r["family"], r["method"], "-"]
         cells += [_fmt(r.get(k), 2 if k == "hd95" else 3) for k in cols]
         cells += [_fmt(r.get("per_class_dice", {}).get(n)) for n in classes]
         cells += ["-", "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def per_class_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
@@ -324,13 +311,13 @@ def per_class_markdown(rows: Sequence[dict[str, Any]]) -> str:
     fg = list(rows[0]["per_class_dice"])
     head = ["method", "DSC", "ECE (fg)", "conf - acc"]
     head += [f"DSC {n}" for n in fg] + [f"classwise ECE {n}" for n in fg]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    body = []
     for r in rows:
         cells = [r["label"], _fmt(r["dice"]), _fmt(r["ece"]), f"{r['gap']:+.3f}"]
         cells += [_fmt(r["per_class_dice"][n]) for n in fg]
         cells += [_fmt(r["per_class_ece"][n]) for n in fg]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def _fmt(value, digits: int = 3) -> str:

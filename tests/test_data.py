@@ -465,3 +465,26 @@ def test_decathlon_errors_name_the_file(tmp_path):
     (labels.parent / "imagesTr" / "case_002.nii.gz").write_bytes(b"corrupt")
     with pytest.raises(ValueError, match="imagesTr/case_002.nii.gz"):
         build_data("decathlon", **kw)
+
+
+def test_phantoms_are_written_in_the_real_layouts_deterministically(tmp_path):
+    """``data.phantoms.write_phantoms``: ACDC and Decathlon layouts, spacing in the affine, the
+    label sets of each, the same bytes from the same seed, and ``build_data("acdc")`` reads it."""
+    from mls_tutorial.data.phantoms import write_phantoms
+
+    write_phantoms(tmp_path / "a", 3, 16, seed=1)
+    write_phantoms(tmp_path / "b", 3, 16, seed=1)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.*"))
+    assert len(files) == 3 * 4 + 3 * 2 + 1  # 2 frames x (image, gt) + hippocampus pairs + json
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    gt = nib.load(tmp_path / "a/ACDC/training/patient001/patient001_frame01_gt.nii.gz")
+    assert gt.shape == (16, 16, 12) and gt.header.get_zooms() == (1.5, 1.5, 8.0)
+    assert set(np.unique(np.asarray(gt.dataobj))) <= {0, 1, 2, 3}
+    task = tmp_path / "a" / "Task04_Hippocampus"
+    hip = nib.load(task / "labelsTr" / "hippocampus_002.nii.gz")
+    assert hip.shape == (8, 8, 8) and set(np.unique(np.asarray(hip.dataobj))) <= {0, 1, 2}
+    dataset = json.loads((task / "dataset.json").read_text())
+    assert dataset["numTraining"] == 3 and len(dataset["training"]) == 3
+    acdc = build_data("acdc", root=str(tmp_path / "a" / "ACDC"), size=(16, 16), seed=1)
+    assert acdc.num_classes == 4 and len(acdc.test) >= 1

@@ -105,3 +105,21 @@ def test_html_anchors_become_myst_targets(build):
     assert nb.cells[0].source == "Intro\n(glossary)=\n**Glossary**"
     assert nb.cells[1].source == 'inline <a id="x"></a> stays'
     assert '<a id="code"></a>' in nb.cells[2].source  # code is never touched
+
+
+def test_the_docs_build_imports_nothing_from_tests():
+    """The docs depend on the package, never on the test suite: no import names a module of
+    ``tests/`` and no path into it is put on ``sys.path``."""
+    import ast
+
+    source = (ROOT / "docs" / "build.py").read_text()
+    ours = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        assert not {n.split(".")[0] for n in names} & (ours | {"tests"}), ast.unparse(node)
+    assert '"tests"' not in source

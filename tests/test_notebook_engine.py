@@ -1,4 +1,4 @@
-"""The sliced poll behind ``tests/notebook_engine.py``: no single wait outlasts a slice, a message
+"""The sliced poll behind ``mls_tutorial/notebook_engine.py``: no single wait outlasts a slice, a message
 is returned as soon as a slice sees it, and the caller's timeout is still honoured."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import time
 from queue import Empty
 
 import pytest
-from notebook_engine import _sliced
+
+from mls_tutorial.notebook_engine import _sliced
 
 
 class FakeChannel:

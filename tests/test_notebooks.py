@@ -173,7 +173,7 @@ def execute(
     # notebook_engine's sliced poll fixes the root cause of a client waiting forever for a reply
     # the idle kernel had already sent (see its docstring); its execute() retries a cell that
     # outlives its timeout once, only as a guard.
-    from notebook_engine import execute as run_notebook
+    from mls_tutorial.notebook_engine import execute as run_notebook
 
     run_notebook(
         source or NOTEBOOK_DIR / f"{stem}.ipynb",

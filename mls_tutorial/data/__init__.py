@@ -6,7 +6,8 @@
     data = build_data("acdc", root="~/ACDC/database")
     data = build_data("decathlon", root="~/msd", task="Task02_Heart")
 
-``DATASETS`` maps each name to its builder; ``build_data(name, **params)`` checks the parameter
+``data.phantoms.write_phantoms(root, n, size, seed)`` writes ellipsoid phantoms in the ACDC and
+Decathlon layouts (a stand-in for real data). ``DATASETS`` maps each name to its builder; ``build_data(name, **params)`` checks the parameter
 names against the builder's signature.
 """
 

@@ -10,6 +10,8 @@
   ``dice_from_confusion``: Dice from a confusion matrix summed over pieces of a volume.
 - ``true_calibration_error`` / ``truth_table``: ``tce``, ``ece_true``, ``prob_gap`` against known
   true class probabilities (the bundled data).
+- ``results.assemble``: the results dict of a ``metrics.json`` (its keys, their order, their
+  table headers), one assembler for ``train.evaluate`` and ``score``.
 """
 
 from .calibration import (

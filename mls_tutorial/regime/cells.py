@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mls_tutorial.regime.records import CELL_METRICS, FAMILIES, LABELS, PAIRED
@@ -15,6 +16,27 @@ from mls_tutorial.results import (
     results_table,
 )
 from mls_tutorial.runs import Run, run_key
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (U-Net preset, training iterations): its runs and their ``run_record``s, same order."""
+
+    preset: str
+    iterations: int
+    runs: tuple[Run, ...]
+    records: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What every cell shares: the disjoint choosing and report seeds, the knobs chosen in the
+    default regime (``{family: {knob: value}}``) and the rule's Dice tolerance."""
+
+    choose_seeds: tuple[int, ...]
+    report_seeds: tuple[int, ...]
+    defaults: Mapping[str, Mapping[str, Any]]
+    dice_tolerance: float = 0.01
 
 
 def _matches(loss_kwargs: Mapping[str, Any], knobs: Mapping[str, Any]) -> bool:
@@ -64,25 +86,14 @@ def regime_cells(
         )
     if len(runs) != len(records):
         raise ValueError(f"{len(runs)} runs but {len(records)} records")
+    protocol = Protocol(tuple(choose_seeds), tuple(report_seeds), defaults, dice_tolerance)
     by_cell: dict[tuple, list[int]] = {}
     for i, rec in enumerate(records):
         by_cell.setdefault((rec["preset"], rec["iterations"]), []).append(i)
     cells = []
     for (preset, iterations), idx in sorted(by_cell.items(), key=lambda kv: _cell_order(kv[0])):
-        cell_runs = [runs[i] for i in idx]
-        cell_recs = [records[i] for i in idx]
-        cells.append(
-            _cell(
-                preset,
-                iterations,
-                cell_runs,
-                cell_recs,
-                choose_seeds,
-                report_seeds,
-                defaults,
-                dice_tolerance,
-            )
-        )
+        cell = Cell(preset, iterations, tuple(runs[i] for i in idx), tuple(records[i] for i in idx))
+        cells.append(_cell(cell, protocol))
     return cells
 
 
@@ -122,11 +133,14 @@ def choose_per_family(
     return picked, problems
 
 
-def _cell(preset, iterations, runs, records, choose_seeds, report_seeds, defaults, tol) -> dict:
+def _cell(cell: Cell, protocol: Protocol) -> dict:
+    """The JSON-able record of ``cell``: what was chosen, the report rows, paired to CE, holes."""
+    runs, records, defaults = cell.runs, cell.records, protocol.defaults
     missing: list[str] = []
     choice: dict[str, dict] = {}
-    choosing = [r for r in runs if r.config["seed"] in choose_seeds]
-    picked, problems = choose_per_family(results_table(choosing) if choosing else [], tol)
+    choosing = [r for r in runs if r.config["seed"] in protocol.choose_seeds]
+    table = results_table(choosing) if choosing else []
+    picked, problems = choose_per_family(table, protocol.dice_tolerance)
     missing += problems
     for fam, c in picked.items():
         best = c["chosen"]
@@ -138,7 +152,7 @@ def _cell(preset, iterations, runs, records, choose_seeds, report_seeds, default
             "seeds": c["seeds"],
             "candidates": c["candidates"],
         }
-    reported = [r for r in records if r["seed"] in report_seeds]
+    reported = [r for r in records if r["seed"] in protocol.report_seeds]
     groups: dict[str, list[dict]] = {}
     for rec in reported:
         groups.setdefault(rec["key"], []).append(rec)
@@ -182,16 +196,16 @@ def _cell(preset, iterations, runs, records, choose_seeds, report_seeds, default
             d = paired_difference(row, ce, k)
             row["vs_ce"][k] = {key: d[key] for key in ("mean", "std", "n", "n_better", "diffs")}
             row["vs_ce"][k]["seeds"] = d["seeds"]
-    cell = {
-        "preset": preset,
-        "iterations": iterations,
+    out = {
+        "preset": cell.preset,
+        "iterations": cell.iterations,
         "n_runs": len(runs),
         "choice": choice,
         "rows": out_rows,
         "defaults": {f: dict(k) for f, k in defaults.items()},
     }
-    cell["missing"] = list(dict.fromkeys(missing + cell_holes(cell)))
-    return cell
+    out["missing"] = list(dict.fromkeys(missing + cell_holes(out)))
+    return out
 
 
 def cell_holes(cell: Mapping) -> list[str]:

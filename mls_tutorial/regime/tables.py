@@ -9,11 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mls_tutorial.markdown import markdown_table
+from mls_tutorial.metrics.results import LOWER_IS_BETTER
 from mls_tutorial.regime.cells import _cell_order
 from mls_tutorial.regime.records import FAMILIES, LABELS
-from mls_tutorial.results import (
-    LOWER_IS_BETTER,
-)
 
 RECORD_COLUMNS = (
     "preset",
@@ -107,7 +106,7 @@ def cell_markdown(cell: Mapping) -> str:
         "mean d (test / train)",
         "share d > m (train)",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    body = []
     for row in cell["rows"]:
         v = row["vs_ce"]
         cells = [
@@ -128,15 +127,15 @@ def cell_markdown(cell: Mapping) -> str:
             f"{_cell_text(row['train_mean_distance'], None, 2)}",
             _cell_text(row["train_share_above_margin"], None),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells)
+    return markdown_table(head, body)
 
 
 def choice_markdown(cells: Sequence[Mapping]) -> str:
     """What the rule chose in each cell (validation numbers of the choosing seeds)."""
     fams = [f for f in FAMILIES if f not in ("ce", "ce_ts")]
     head = ["preset", "iterations", *(f"{LABELS[f]} (val ECE)" for f in fams)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    body = []
     for cell in cells:
         cells_ = [cell["preset"], str(cell["iterations"])]
         for f in fams:
@@ -147,8 +146,8 @@ def choice_markdown(cells: Sequence[Mapping]) -> str:
             val = next((x["val_ece"] for x in c["candidates"] if x["method"] == c["chosen"]), None)
             flag = "" if c["eligible"] else " (none within 1 pt)"
             cells_.append(f"{c['chosen']}{flag} ({_cell_text(val, None)})")
-        lines.append("| " + " | ".join(cells_) + " |")
-    return "\n".join(lines) + "\n"
+        body.append(cells_)
+    return markdown_table(head, body)
 
 
 def trend_markdown(findings: Mapping[str, Any]) -> str:
@@ -156,7 +155,7 @@ def trend_markdown(findings: Mapping[str, Any]) -> str:
     head = ["preset", "iterations", "CE ECE", "CE gap", "CE val NLL rise", "CE mean d (train)"]
     fams = [f for f in FAMILIES[1:]]
     head += [f"{LABELS[f]} ΔECE" for f in fams]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    body = []
     for preset, entry in findings.items():
         for n in entry["lengths"]:
             ce = entry["ce"][str(n)]
@@ -175,8 +174,8 @@ def trend_markdown(findings: Mapping[str, Any]) -> str:
                     continue
                 rel = "" if a["relative"] is None else f", {100 * a['relative']:+.0f}%"
                 cells.append(f"{a['delta_ece']:+.3f}{rel} ({a['n_better']}/{a['n']})")
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            body.append(cells)
+    return markdown_table(head, body)
 
 
 def regime_markdown(study: Mapping[str, Any]) -> str:

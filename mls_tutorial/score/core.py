@@ -2,7 +2,7 @@
 
 ``score_cases(pairs)`` takes any iterable of ``(probabilities (C, *spatial), labels (*spatial),
 spacing)`` (or ``Case`` objects, or ``CaseFiles`` that read one) and returns the results dict a
-run's ``metrics.json`` holds (``train.evaluate``'s keys). Each case is scored on its own
+run's ``metrics.json`` holds (``metrics.results.assemble``, as for ``train.evaluate``). Each case is scored on its own
 (``case.score_case``: one pass over its pieces gives every table, at each temperature); the
 cases are then merged in their order, so ``workers=N`` processes give the same numbers as one.
 The saved probabilities are taken as logits ``z = log p / T`` (T = 1 as saved; ``T*`` after
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mls_tutorial.metrics import CalibrationMeter
+from mls_tutorial.metrics.results import assemble
 from mls_tutorial.metrics.truth import true_calibration
 from mls_tutorial.score.case import CaseScore, distance_histogram, score_case
 from mls_tutorial.score.checks import permutation
@@ -29,7 +30,6 @@ from mls_tutorial.score.tables import Tables
 
 #: shares of logit distances above these margins are reported
 SCORE_MARGINS = (2.0, 5.0, 10.0)
-_CAL_KEYS = ("ece", "cece", "mce", "brier", "nll")
 
 
 class _Variant:
@@ -176,11 +176,6 @@ def score_cases(
     return out
 
 
-def _nanmean(values) -> float:
-    arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-    return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
-
-
 def _class_names(class_names, k: int, background: int) -> list[str]:
     if class_names is None:
         class_names = ["background"] + [f"class{c}" for c in range(1, k)]
@@ -195,56 +190,25 @@ def _class_names(class_names, k: int, background: int) -> list[str]:
 
 
 def _results(v: _Variant, j, rows, dice_v, hd_v, bayes_v, names, has_truth) -> dict[str, Any]:
-    """The keys of ``train.evaluate`` for one temperature."""
-    dice_a, hd_a = np.stack(dice_v), np.stack(hd_v)  # (V, K-1)
-    cal, cal_all = v.meter.compute(), v.meter_all.compute()
-    fg = names[1:]
-    per_volume = []
-    for i, row in enumerate(rows):
-        c = row["cal"][j]
-        entry = {
-            "name": row["name"],
-            "dice": _nanmean(row["dice"]),
-            "hd95": _nanmean(row["hd95"]),
-            "dice_per_class": dict(zip(fg, map(float, row["dice"]), strict=True)),
-            "hd95_per_class": dict(zip(fg, map(float, row["hd95"]), strict=True)),
-        }
-        if has_truth:
-            entry.update({key: v.truth[i][key] for key in ("prob_gap", "tce", "ece_true")})
-            entry["dice_bayes"] = _nanmean(bayes_v[i])
-        entry.update({key: c[key] for key in (*_CAL_KEYS, "gap", "n_voxels")})
-        per_volume.append(entry)
-    per_class = {}
-    for c, name in enumerate(fg):
-        per_class[name] = {"dice": _nanmean(dice_a[:, c]), "hd95": _nanmean(hd_a[:, c])}
-        if has_truth:
-            per_class[name]["dice_bayes"] = _nanmean(np.stack(bayes_v)[:, c])
-    out = {
-        "dice": _nanmean(dice_a.ravel()),
-        "hd95": _nanmean(hd_a.ravel()),
-        **{key: float(cal[f"{key}_mean_over_volumes"]) for key in _CAL_KEYS},
-        "ece_all": float(cal_all["ece"]),
-        "cece_all": float(cal_all["cece"]),
-        "gap": float(cal["gap_mean_over_volumes"]),
-    }
-    if has_truth:
-        for key in ("prob_gap", "tce", "ece_true"):
-            out[key] = _nanmean([t[key] for t in v.truth])
-        out["dice_bayes"] = _nanmean(np.stack(bayes_v).ravel())
-    out.update(
-        {
-            "region": "foreground",
-            "n_volumes": len(rows),
-            "per_class": per_class,
-            "per_volume": per_volume,
-            "calibration": {"foreground": cal, "all": cal_all},
-            "meter": v.meter.to_dict(),
-            "meter_all": v.meter_all.to_dict(),
-            "histogram": v.hist.to_dict(),
-            "temperature": v.t,
-            "data": {"num_classes": len(names), "class_names": list(names)},
-        }
+    """The keys of ``train.evaluate`` for one temperature (truth keys only with ``has_truth``)."""
+    out = assemble(
+        names=[row["name"] for row in rows],
+        class_names=names,
+        dice=np.stack(dice_v),
+        hd95=np.stack(hd_v),
+        volume_cal=[row["cal"][j] for row in rows],
+        cal=v.meter.compute(),
+        cal_all=v.meter_all.compute(),
+        region="foreground",
+        meter=v.meter.to_dict(),
+        meter_all=v.meter_all.to_dict(),
+        histogram=v.hist.to_dict(),
+        temperature=v.t,
+        truth=v.truth if has_truth else None,
+        bayes=np.stack(bayes_v) if has_truth else None,
+        absent_truth="omit",
     )
+    out["data"] = {"num_classes": len(names), "class_names": list(names)}
     return out
 
 

@@ -26,8 +26,6 @@ import torch
 
 from mls_tutorial.metrics import CalibrationMeter, LogitDistanceHistogram
 
-REGIONS = ("foreground", "background")
-
 
 class Tables:
     """The tables of one temperature (None: as saved), summed over the pieces given to ``add``."""

@@ -29,12 +29,6 @@ import torch
 from mls_tutorial.device import autocast, pick_device
 from mls_tutorial.train import distributed as dist_utils
 
-REGIONS = ("foreground", "all", "union")
-# headline keys copied from the (per-volume mean of the) region meter
-_CAL_KEYS = ("ece", "cece", "mce", "brier", "nll")
-# per-volume means against the true probabilities (metrics.truth), None without Volume.prob
-TRUTH_KEYS = ("prob_gap", "tce", "ece_true")
-
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
@@ -101,11 +95,6 @@ def _shard(n: int) -> range:
     return range(n * r // w, n * (r + 1) // w)
 
 
-def _nanmean(values) -> float:
-    arr = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-    return float(np.nanmean(arr)) if np.isfinite(arr).any() else float("nan")
-
-
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -149,13 +138,19 @@ def evaluate(
         return logits
 
     try:
-        out = _evaluate_volumes(
-            logits_of, volumes, num_classes, device, region, hd95, class_names, n_bins
+        return _evaluate_volumes(
+            logits_of,
+            volumes,
+            num_classes,
+            device,
+            region,
+            hd95,
+            class_names,
+            n_bins,
+            temperature=None if temperature is None else float(temperature),
         )
     finally:
         net.train(was_training)
-    out["temperature"] = None if temperature is None else float(temperature)
-    return out
 
 
 @torch.no_grad()
@@ -176,7 +171,7 @@ def evaluate_true_probabilities(
     """
     if any(getattr(v, "prob", None) is None for v in volumes):
         raise ValueError("every volume needs true probabilities (Volume.prob), e.g. data='mni'")
-    out = _evaluate_volumes(
+    return _evaluate_volumes(
         lambda vol: vol.prob.clamp_min(1e-30).log(),
         volumes,
         num_classes,
@@ -185,16 +180,16 @@ def evaluate_true_probabilities(
         hd95,
         class_names,
         n_bins,
+        temperature=None,
     )
-    out["temperature"] = None
-    return out
 
 
 def _evaluate_volumes(
-    logits_of, volumes, num_classes, device, region, hd95, class_names, n_bins
+    logits_of, volumes, num_classes, device, region, hd95, class_names, n_bins, *, temperature
 ) -> dict[str, Any]:
     """The body of ``evaluate``: ``logits_of(volume) -> (S, K, H, W)`` logits on ``device``."""
-    from mls_tutorial.metrics import CalibrationMeter, LogitDistanceHistogram
+    from mls_tutorial.metrics import REGIONS, CalibrationMeter, LogitDistanceHistogram
+    from mls_tutorial.metrics.results import assemble, volume_rows
     from mls_tutorial.metrics.truth import TRUTH_COLUMNS, true_calibration, truth_table
 
     if region not in REGIONS:
@@ -235,53 +230,24 @@ def _evaluate_volumes(
     dice_v, hd_v, bayes_v = (
         np.stack([scores[v][j] for v in range(len(volumes))]) for j in range(3)
     )  # each (V, K-1)
-    cal, cal_all = meter.compute(), meter_all.compute()
     has_prob = all(getattr(vol, "prob", None) is not None for vol in volumes)
-    truth_v = [true_calibration(t) for t in truth] if has_prob else None
-
-    def truth_mean(key: str) -> float | None:
-        return _nanmean([t[key] for t in truth_v]) if has_prob else None
-
-    fg_names = list(class_names[1:])
-    per_volume = []
-    for i, vol in enumerate(volumes):
-        row = {
-            "name": str(getattr(vol, "name", f"volume{i}")),
-            "dice": _nanmean(dice_v[i]),
-            "hd95": _nanmean(hd_v[i]),
-            "dice_per_class": dict(zip(fg_names, map(float, dice_v[i]), strict=True)),
-            "hd95_per_class": dict(zip(fg_names, map(float, hd_v[i]), strict=True)),
-        }
-        for key in TRUTH_KEYS:
-            row[key] = None if truth_v is None else truth_v[i][key]
-        row["dice_bayes"] = _nanmean(bayes_v[i]) if has_prob else None
-        for key in (*_CAL_KEYS, "gap", "n_voxels"):
-            row[key] = cal["per_volume"][key][i]
-        per_volume.append(row)
-
-    per_class = {}
-    for k, name in enumerate(fg_names):
-        per_class[name] = {"dice": _nanmean(dice_v[:, k]), "hd95": _nanmean(hd_v[:, k])}
-        if has_prob:
-            per_class[name]["dice_bayes"] = _nanmean(bayes_v[:, k])
-    return {
-        "dice": _nanmean(dice_v.ravel()),
-        "hd95": _nanmean(hd_v.ravel()),
-        **{key: float(cal[f"{key}_mean_over_volumes"]) for key in _CAL_KEYS},
-        "ece_all": float(cal_all["ece"]),
-        "cece_all": float(cal_all["cece"]),
-        "gap": float(cal["gap_mean_over_volumes"]),
-        **{key: truth_mean(key) for key in TRUTH_KEYS},
-        "dice_bayes": _nanmean(bayes_v.ravel()) if has_prob else None,
-        "region": region,
-        "n_volumes": len(volumes),
-        "per_class": per_class,
-        "per_volume": per_volume,
-        "calibration": {region: cal, "all": cal_all},
-        "meter": _merged_dict(meter),
-        "meter_all": _merged_dict(meter_all),
-        "histogram": _merged_dict(hist),
-    }
+    cal, cal_all = meter.compute(), meter_all.compute()  # collectives: every rank, this order
+    return assemble(
+        names=[str(getattr(vol, "name", f"volume{i}")) for i, vol in enumerate(volumes)],
+        class_names=class_names,
+        dice=dice_v,
+        hd95=hd_v,
+        volume_cal=volume_rows(cal["per_volume"]),
+        cal=cal,
+        cal_all=cal_all,
+        region=region,
+        meter=_merged_dict(meter),
+        meter_all=_merged_dict(meter_all),
+        histogram=_merged_dict(hist),
+        temperature=temperature,
+        truth=[true_calibration(t) for t in truth] if has_prob else None,
+        bayes=bayes_v,
+    )
 
 
 def _region_mask(region: str, target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
