@@ -447,7 +447,10 @@ def _score_parser(sub, fmt) -> None:
         "ECE, CECE, gap, NLL, Brier, reliability diagrams, the logit-distance histogram and a "
         "plain-language summary.md in OUT. PRED layouts (detected): nnU-Net v2 "
         "--save_probabilities (CASE.npz, (C, Z, Y, X)), NIfTI (X, Y, Z, C), NumPy CASE.npy "
-        "(C, X, Y, Z). LABELS: CASE.nii.gz label maps (spacing from their headers).",
+        "(C, X, Y, Z). LABELS: CASE.nii.gz label maps (spacing from their headers). A "
+        "region-based model (PRED/dataset.json labels that are lists, e.g. nnU-Net's BraTS "
+        "regions; one sigmoid channel per region) is scored region by region, each a two-class "
+        "problem with its own temperature (docs/nnunet.md).",
     )
     p.add_argument("pred", help="folder of per-case probability maps")
     p.add_argument("labels", help="folder of label maps CASE.nii.gz (e.g. nnU-Net's labelsTr)")

@@ -288,3 +288,51 @@ def test_bad_region_folders_give_one_line_errors(tmp_path, capsys):
     assert main([*args, "--classes", "a", "b", "c"]) == 1
     assert "--classes does not apply to a region-based model" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layout", ["numpy", "nifti"])
+def test_numpy_and_nifti_region_maps_with_a_dataset_json_score_like_nnunet(tmp_path, layout):
+    """A ``dataset.json`` with regions in PRED makes any layout region-based: NumPy ``(R, X, Y,
+    Z)`` and NIfTI ``(X, Y, Z, R)`` give the oracle's numbers, and --write-calibrated writes the
+    same layout back."""
+    from test_score import write_layout
+
+    cases = make_cases(3, seed=50)
+    pred, labels = tmp_path / "pred", tmp_path / "labels"
+    for name, p, y in cases:
+        write_layout(pred, layout, name, p)
+        labels.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(y, np.diag([*SPACING, 1.0])), labels / f"{name}.nii.gz")
+    (pred / "dataset.json").write_text(json.dumps(DATASET))
+    m = score_folder(pred, labels, tmp_path / "out", progress=False)
+    assert m["source"]["layout"] == layout
+    _check(m, oracle(cases))
+    cal = tmp_path / "cal"
+    ts = score_folder(pred, labels, tmp_path / "ts", val_cases=["case00"], write_calibrated=cal,
+                      progress=False)  # fmt: skip
+    again = score_folder(cal, labels, tmp_path / "again", progress=False)
+    assert again["source"]["layout"] == layout
+    for key in ("ece", "nll", "brier", "ece_all"):
+        assert again[key] == pytest.approx(ts["temperature_scaled"][key], rel=1e-4, abs=1e-6)
+
+
+def test_a_region_case_travels_to_a_worker_as_file_names(tmp_path):
+    """``--workers N`` sends each region's cases to ``score_cases``'s processes: a
+    ``RegionItem`` of ``CaseFiles`` pickles small and loads there as the same binary case
+    (``--workers`` itself: tests/test_score_hd95.py)."""
+    from mls_tutorial.score.layouts import match_cases
+    from mls_tutorial.score.regions import RegionItem
+
+    cases = make_cases(1, seed=60)
+    pred, labels = tmp_path / "pred", tmp_path / "labels"
+    write_nnunet(pred, labels, cases)
+    (files,), _ = match_cases(pred, labels)
+    regions = tuple(regions_of(REGIONS))
+    item = RegionItem(files, 0, regions[1], regions)
+    blob = pickle.dumps(item)
+    assert len(blob) < 2000  # names, not arrays
+    case = pickle.loads(blob).load()
+    _, p, y = cases[0]
+    np.testing.assert_array_equal(case.probabilities[1], p[1])
+    np.testing.assert_array_equal(case.probabilities[0], np.float32(1) - p[1])
+    np.testing.assert_array_equal(case.labels, np.isin(y, REGIONS["tumor core"]))
