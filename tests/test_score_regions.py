@@ -174,6 +174,24 @@ def test_one_temperature_per_region_fitted_on_validation_cases_only():
     assert ts["nll"] < m["nll"] and ts["ece_all"] < m["ece_all"]  # scaling helps here
 
 
+def test_a_case_without_a_region_is_left_out_of_that_regions_means():
+    """No enhancing tumour in the label nor the prediction of case 0 (common in BraTS): its
+    per-case numbers for that region are NaN and the means are those of the other cases (the
+    policy of a class absent from a softmax case); the other regions keep every case."""
+    cases = make_cases(3, seed=70)
+    name, p, y = cases[0]
+    p, y = p.copy(), np.where(y == 3, 2, y).astype(np.uint8)
+    p[2] = np.minimum(p[2], 0.4)
+    m = score_region_cases(_items([(name, p, y), *cases[1:]]), REGIONS, progress=False)
+    et = m["regions"]["enhancing tumor"]
+    row = et["per_volume"][0]
+    assert row["n_voxels"] == 0 and all(np.isnan(row[k]) for k in ("ece", "dice", "hd95"))
+    ref = oracle(cases[1:])["enhancing tumor"]
+    for key in ("ece", "cece", "gap", "nll", "brier", "dice", "hd95"):
+        assert et[key] == pytest.approx(ref[key], rel=1e-6), key
+    assert m["regions"]["whole tumor"]["per_volume"][0]["n_voxels"] > 0
+
+
 def test_bad_region_input_gets_a_clear_error():
     (name, p, y), = make_cases(1)  # fmt: skip
     with pytest.raises(ScoreInputError, match="2 probability channels, but the region-based"):
