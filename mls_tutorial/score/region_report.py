@@ -72,7 +72,7 @@ def region_summary(metrics: dict[str, Any], *, layout: str, fit: dict | None) ->
     ]
     for name, m in metrics["regions"].items():
         val = None if fit is None else fit[name]
-        parts.append(f"## {name}\n\n" + summary_text(m, layout=layout, val=val))
+        parts.append(f"## {name}\n\n" + summary_text(m, layout=layout, val=val).strip())
     return "\n\n".join(parts) + "\n"
 
 
