@@ -61,9 +61,21 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def map_cases(fn, items: Iterable, workers: int = 1):
+def map_cases(fn, items: Iterable, workers: int = 1, executor=None):
     """``fn(item, i)`` for each item, in order; with ``workers > 1`` in that many processes,
-    at most ``workers`` cases in flight (memory: ``workers`` x one case)."""
+    at most ``workers`` cases in flight (memory: ``workers`` x one case). ``executor``: any
+    ``concurrent.futures`` executor (a Dask client's: ``cluster.dask_executor``), every case
+    submitted at once (small: file names), results taken in order (each worker thread holds
+    one case)."""
+    if executor is not None:
+        futures = [executor.submit(fn, item, i) for i, item in enumerate(items)]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+        return
     if workers <= 1:
         for i, item in enumerate(items):
             yield fn(item, i)
@@ -103,6 +115,7 @@ def score_cases(
     progress: bool = True,
     total: int | None = None,
     workers: int = 1,
+    executor=None,
 ) -> dict[str, Any]:
     """Score saved probability maps against labels, one case in memory at a time (per worker).
 
@@ -112,7 +125,9 @@ def score_cases(
     ``background``: the label of the background (left out of Dice/HD95 and of the foreground
     region). ``temperature``: also score ``log p / T`` under ``results["temperature_scaled"]``.
     ``hd95=False`` skips HD95 (NaN). ``workers``: processes (each holds one case; the cases
-    must be picklable, ``CaseFiles`` best). Returns the keys of a run's ``metrics.json``
+    must be picklable, ``CaseFiles`` best). ``executor``: a ``concurrent.futures`` executor
+    instead of ``workers`` (a Dask cluster: the files must be where its workers see them; the
+    same numbers, merged in the cases' order). Returns the keys of a run's ``metrics.json``
     (``train.evaluate``) plus ``score`` (saturation, shares of logit distances above
     ``margins``, per-class gaps); ``tce``/``ece_true``/``prob_gap``/``dice_bayes`` only when
     every case has true probabilities.
@@ -135,12 +150,14 @@ def score_cases(
         n_bins=n_bins,
         margins=margins,
         hd95=hd95,
-        progress=progress and workers == 1,
+        progress=progress and workers == 1 and executor is None,
     )
     k = variants = None
     rows, dice_v, hd_v, bayes_v = [], [], [], []
     sat = {"voxels": 0, "saturated": 0, "zero_entries": 0, "entries": 0, "dtypes": set()}
-    results = map_cases(fn, pairs, workers)
+    if executor is not None and workers != 1:
+        raise ScoreInputError("give workers (local processes) or an executor, not both")
+    results = map_cases(fn, pairs, workers, executor)
     for cs in tqdm(results, desc="score", unit="case", total=total, disable=not progress):
         cs: CaseScore
         if k is None:

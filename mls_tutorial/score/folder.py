@@ -129,13 +129,16 @@ def score_folder(
     margins: Sequence[float] = SCORE_MARGINS,
     workers: int = 1,
     write_calibrated: str | Path | None = None,
+    executor=None,
 ) -> dict[str, Any]:
     """Score every case of ``pred`` against ``labels`` and write ``OUTPUT_FILES`` to ``out``.
 
     ``val_cases``: ids of cases used ONLY to fit post-hoc temperature scaling (never reported);
     the other cases are reported before and after it. ``hd95=False``: no HD95 (NaN).
     ``workers``: cases scored at once in that many processes (memory: ``workers`` x one case;
-    the same numbers as one). ``write_calibrated``: a folder for the temperature-scaled
+    the same numbers as one). ``executor``: score the reported cases on it instead (a Dask
+    cluster's, ``cluster.dask_executor``: PRED and LABELS must be folders its workers see; the
+    temperature is fitted and the calibrated maps written here). ``write_calibrated``: a folder for the temperature-scaled
     probabilities of every reported case, in the input's layout (``calibrated``; needs
     ``val_cases``). Returns the metrics written.
     """
@@ -154,6 +157,7 @@ def score_folder(
             raise ScoreInputError("--write-calibrated must be another folder than --out")
         previous_outputs(write_calibrated, ())  # refused now, before any work, if not ours
     info = read_dataset_json(pred)
+    pred, labels = Path(pred).resolve(), Path(labels).resolve()  # the same on every worker
     cases, missing = match_cases(pred, labels, allow_missing=allow_missing)
     val, reported = split_cases(cases, list(val_cases))
     score = _score_classes if info.regions is None else region_report.score_regions
@@ -167,13 +171,14 @@ def score_folder(
         progress=progress,
         margins=margins,
         workers=workers,
+        executor=executor,
     )
     layout = cases[0].layout
     metrics["temperature_fit"] = fit
-    metrics["data"]["description"] = f"{layout} probability maps in {Path(pred).resolve()}"
+    metrics["data"]["description"] = f"{layout} probability maps in {pred}"
     metrics["source"] = {
-        "pred": str(Path(pred).resolve()),
-        "labels": str(Path(labels).resolve()),
+        "pred": str(pred),
+        "labels": str(labels),
         "layout": layout,
         "reported_cases": [c.name for c in reported],
         "val_cases": [c.name for c in val],
