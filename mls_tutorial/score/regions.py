@@ -156,7 +156,9 @@ def score_region_cases(
 
     ``items``: what ``score_cases`` takes, with probabilities ``(R, *spatial)`` (one sigmoid
     channel per region) and integer labels. ``temperatures``: region name -> T (also scored).
-    ``kwargs`` go to ``score_cases`` (``hd95``, ``workers``, ``progress``, ...). Returns
+    ``ignore``: nnU-Net's ignore label (refused in a label map). ``kwargs`` go to
+    ``score_cases`` (``hd95``, ``workers``, ``executor``, ``progress``, ...); each case is read
+    once per region (memory: one case plus one region's two-class map, ``2 / R`` of it). Returns
     ``regions`` (name -> ``score_cases``'s results for that region, class names ``("not
     NAME", NAME)``), the means over regions of ``dice, hd95, ece, cece, gap, nll, brier,
     ece_all, cece_all``, and ``temperature_scaled`` (the same means) when temperatures are given.
