@@ -1,6 +1,6 @@
 """``score`` on a Dask cluster (``--scheduler``): one task per case on a real ``LocalCluster``
 of worker processes gives the numbers of one local worker, for a softmax folder and a
-region-based one, through the API and the CLI."""
+region-based one, through the API and the CLI; and a region folder with ``--workers 2``."""
 
 from __future__ import annotations
 
@@ -63,3 +63,14 @@ def test_dask_region_folder_through_the_cli(cluster, tmp_path, capsys):
     assert "--workers sizes the local pool; with a scheduler its workers score the cases" in (
         capsys.readouterr().err
     )
+
+
+def test_two_local_workers_give_the_numbers_of_one_for_regions(tmp_path):
+    """``--workers 2``: every region of a case scored in one worker process from one read."""
+    pred, labels = tmp_path / "pred", tmp_path / "labels"
+    write_nnunet(pred, labels, region_cases(3, seed=95))
+    one = score_folder(pred, labels, tmp_path / "one", progress=False)
+    two = score_folder(pred, labels, tmp_path / "two", progress=False, workers=2)
+    for name in REGIONS:
+        for key in (*KEYS, "hd95"):
+            assert two["regions"][name][key] == one["regions"][name][key], (name, key)

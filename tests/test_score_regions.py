@@ -334,10 +334,9 @@ def test_numpy_and_nifti_region_maps_with_a_dataset_json_score_like_nnunet(tmp_p
         assert again[key] == pytest.approx(ts["temperature_scaled"][key], rel=1e-4, abs=1e-6)
 
 
-def test_a_region_case_travels_to_a_worker_as_file_names(tmp_path):
-    """``--workers N`` sends each region's cases to ``score_cases``'s processes: a
-    ``RegionItem`` of ``CaseFiles`` pickles small and loads there as the same binary case
-    (``--workers`` itself: tests/test_score_hd95.py)."""
+def test_a_region_item_loads_its_two_class_case_from_file_names(tmp_path):
+    """What the temperature fit reads per region: a ``RegionItem`` of ``CaseFiles`` pickles
+    small (file names) and loads the region's two-class map and target."""
     from mls_tutorial.score.layouts import match_cases
     from mls_tutorial.score.regions import RegionItem
 

@@ -25,12 +25,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from mls_tutorial.score.case import score_case
 from mls_tutorial.score.checks import as_case
-from mls_tutorial.score.core import _nanmean, score_cases
+from mls_tutorial.score.core import (
+    SCORE_MARGINS,
+    CaseMerge,
+    _nanmean,
+    in_case_progress,
+    run_cases,
+)
 from mls_tutorial.score.layouts import Case, DatasetInfo, ScoreInputError
 
 _MEAN_KEYS = ("dice", "hd95", "ece", "cece", "gap", "nll", "brier", "ece_all", "cece_all")
@@ -109,8 +117,8 @@ def binary_case(case: Case, region: Region, regions: Sequence[Region], ignore=No
 
 @dataclass(frozen=True)
 class RegionItem:
-    """A case (anything ``score_cases`` takes) seen as one region's binary problem; picklable
-    when the item is (``CaseFiles``: read in the worker)."""
+    """A case (anything ``score_cases`` takes) seen as one region's binary problem, read when
+    loaded (``fit_temperature_on_cases`` reads the validation cases once per region)."""
 
     item: Any
     index: int
@@ -144,36 +152,73 @@ def _means(per_region: dict[str, dict]) -> dict[str, float]:
     return {k: _nanmean([m[k] for m in per_region.values()]) for k in _MEAN_KEYS}
 
 
+def score_region_case(item, index: int, *, regions, temperatures, ignore=None, **kwargs):
+    """One case read once: a ``CaseScore`` per region (``case.score_case`` on its two-class
+    map, at T = 1 and at the region's own T if any); ``kwargs`` go to ``score_case``."""
+    case = as_case(item, index)
+    out = []
+    for r in regions:
+        temps = [None] if temperatures.get(r.name) is None else [None, temperatures[r.name]]
+        binary = binary_case(case, r, regions, ignore)
+        out.append(score_case(binary, index, temperatures=temps, **kwargs))
+        del binary
+    return out
+
+
 def score_region_cases(
     items: Iterable,
     regions: Sequence[Region] | dict,
     *,
     temperatures: dict[str, float] | None = None,
     ignore: int | None = None,
-    **kwargs,
+    n_bins: int = 15,
+    margins: Sequence[float] = SCORE_MARGINS,
+    hd95: bool = True,
+    progress: bool = True,
+    total: int | None = None,
+    workers: int = 1,
+    executor=None,
 ) -> dict[str, Any]:
-    """Score a region-based model: ``score_cases`` once per region on ``(1 - p_r, p_r)``.
+    """Score a region-based model: every region of a case as the two classes ``(1 - p_r, p_r)``.
 
     ``items``: what ``score_cases`` takes, with probabilities ``(R, *spatial)`` (one sigmoid
-    channel per region) and integer labels. ``temperatures``: region name -> T (also scored).
-    ``ignore``: nnU-Net's ignore label (refused in a label map). ``kwargs`` go to
-    ``score_cases`` (``hd95``, ``workers``, ``executor``, ``progress``, ...); each case is read
-    once per region (memory: one case plus one region's two-class map, ``2 / R`` of it). Returns
-    ``regions`` (name -> ``score_cases``'s results for that region, class names ``("not
-    NAME", NAME)``), the means over regions of ``dice, hd95, ece, cece, gap, nll, brier,
-    ece_all, cece_all``, and ``temperature_scaled`` (the same means) when temperatures are given.
+    channel per region) and integer labels; each case is read once (memory: the case plus one
+    region's two-class map, ``2 / R`` of it). ``temperatures``: region name -> T (also scored).
+    ``ignore``: nnU-Net's ignore label (refused in a label map). The other arguments are
+    ``score_cases``'s. Returns ``regions`` (name -> ``score_cases``'s results for that region,
+    class names ``("not NAME", NAME)``), the means over regions of ``dice, hd95, ece, cece,
+    gap, nll, brier, ece_all, cece_all``, and ``temperature_scaled`` (the same means) when
+    temperatures are given.
     """
+    from mls_tutorial.train.evaluation import check_temperature
+
     regions = regions_of(regions) if isinstance(regions, dict) else list(regions)
-    items = list(items)
-    temperatures = temperatures or {}
+    temperatures = dict(temperatures or {})
+    for t in temperatures.values():
+        check_temperature(t)
+    fn = partial(
+        score_region_case,
+        regions=tuple(regions),
+        temperatures=temperatures,
+        ignore=ignore,
+        n_bins=n_bins,
+        margins=margins,
+        hd95=hd95,
+        progress=in_case_progress(progress, workers, executor),
+    )
+    merges = [
+        CaseMerge(
+            [None] if temperatures.get(r.name) is None else [None, temperatures[r.name]],
+            n_bins,
+            margins,
+        )  # fmt: skip
+        for r in regions
+    ]
+    run = {"progress": progress, "total": total, "workers": workers, "executor": executor}
+    run_cases(fn, items, merges, **run)
     per_region = {}
-    for r in regions:
-        per_region[r.name] = score_cases(
-            region_items(items, r, regions, ignore),
-            class_names=(f"not {r.name}", r.name),
-            temperature=temperatures.get(r.name),
-            **kwargs,
-        )
+    for r, merge in zip(regions, merges, strict=True):
+        per_region[r.name] = merge.results((f"not {r.name}", r.name))
         per_region[r.name]["region"] = {"channel": r.channel, "labels": list(r.labels)}
     first = per_region[regions[0].name]
     out: dict[str, Any] = {
