@@ -348,19 +348,10 @@ def _sweep_parser(sub, fmt) -> None:
         default=1,
         help="runs trained at once, in separate processes of cores/workers threads each",
     )
-    g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        default=None,
-        help="train on the Dask cluster of this scheduler (tcp://host:port) instead of local "
+    _scheduler_arguments(
+        p,
+        "train on the Dask cluster of this scheduler (tcp://host:port) instead of local "
         "processes, one task per run; --out must be a folder every worker sees",
-    )
-    g.add_argument(
-        "--scheduler-file",
-        metavar="PATH",
-        default=None,
-        help="as --scheduler, from the file `dask scheduler --scheduler-file PATH` writes",
     )
     p.add_argument(
         "--threads-per-run",
@@ -437,6 +428,18 @@ def _shipped_parser(sub, fmt) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _scheduler_arguments(p, help_text: str) -> None:
+    """``--scheduler ADDRESS`` | ``--scheduler-file PATH``: a Dask cluster (``cluster.py``)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", metavar="ADDRESS", default=None, help=help_text)
+    g.add_argument(
+        "--scheduler-file",
+        metavar="PATH",
+        default=None,
+        help="as --scheduler, from the file `dask scheduler --scheduler-file PATH` writes",
+    )
+
+
 def _score_parser(sub, fmt) -> None:
     """`score`: any model's saved probability maps against label maps."""
     p = sub.add_parser(
@@ -447,7 +450,10 @@ def _score_parser(sub, fmt) -> None:
         "ECE, CECE, gap, NLL, Brier, reliability diagrams, the logit-distance histogram and a "
         "plain-language summary.md in OUT. PRED layouts (detected): nnU-Net v2 "
         "--save_probabilities (CASE.npz, (C, Z, Y, X)), NIfTI (X, Y, Z, C), NumPy CASE.npy "
-        "(C, X, Y, Z). LABELS: CASE.nii.gz label maps (spacing from their headers).",
+        "(C, X, Y, Z). LABELS: CASE.nii.gz label maps (spacing from their headers). A "
+        "region-based model (PRED/dataset.json labels that are lists, e.g. nnU-Net's BraTS "
+        "regions; one sigmoid channel per region) is scored region by region, each a two-class "
+        "problem with its own temperature (docs/nnunet.md).",
     )
     p.add_argument("pred", help="folder of per-case probability maps")
     p.add_argument("labels", help="folder of label maps CASE.nii.gz (e.g. nnU-Net's labelsTr)")
@@ -490,6 +496,12 @@ def _score_parser(sub, fmt) -> None:
         metavar="N",
         help="cases scored at once, in N processes (memory: N x one case's "
         "probabilities; the numbers are those of one worker)",
+    )
+    _scheduler_arguments(
+        p,
+        "score the cases on the Dask cluster of this scheduler (tcp://host:port), one task per "
+        "case (memory: one case per worker thread); PRED and LABELS must be folders every "
+        "worker sees; the numbers are those of one worker",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -668,16 +680,14 @@ def _demo_configs(args) -> list[dict]:
     )
 
 
-def _sweep_executor(args):
+def _scheduler_executor(args, work: str = "train the runs"):
     """The Dask executor of ``--scheduler``/``--scheduler-file``; None: the local pool."""
     import contextlib
 
     if args.scheduler is None and args.scheduler_file is None:
         return contextlib.nullcontext(None)
     if args.workers != 1:
-        raise CLIError(
-            "--workers sizes the local pool; with a scheduler its workers train the runs"
-        )
+        raise CLIError(f"--workers sizes the local pool; with a scheduler its workers {work}")
     from mls_tutorial.cluster import dask_executor
 
     return dask_executor(args.scheduler, args.scheduler_file)
@@ -692,7 +702,7 @@ def cmd_sweep(args) -> int:
     _resolve(args, DEMO_DEFAULTS)
     configs = _sweep_configs(args)
     try:
-        with _sweep_executor(args) as executor:
+        with _scheduler_executor(args) as executor:
             runs = train_configs(
                 configs,
                 args.out,
@@ -821,19 +831,23 @@ def cmd_score(args) -> int:
     from mls_tutorial.score.layouts import parse_case_ids
 
     try:
-        metrics = score_folder(
-            args.pred,
-            args.labels,
-            args.out,
-            val_cases=parse_case_ids(args.val_cases),
-            class_names=args.classes,
-            background=args.background,
-            allow_missing=args.allow_missing,
-            progress=not args.no_progress,
-            hd95=not args.no_hd95,
-            workers=args.workers,
-            write_calibrated=args.write_calibrated,
-        )
+        with _scheduler_executor(args, "score the cases") as executor:
+            metrics = score_folder(
+                args.pred,
+                args.labels,
+                args.out,
+                val_cases=parse_case_ids(args.val_cases),
+                class_names=args.classes,
+                background=args.background,
+                allow_missing=args.allow_missing,
+                progress=not args.no_progress,
+                hd95=not args.no_hd95,
+                workers=args.workers,
+                write_calibrated=args.write_calibrated,
+                executor=executor,
+            )
+    except (ImportError, ConnectionError) as exc:  # Dask missing, no scheduler there
+        raise CommandError(str(exc)) from None
     except KeyboardInterrupt:
         print(f"score interrupted: {args.out} is left as it was", file=sys.stderr)
         return 130

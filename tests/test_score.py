@@ -306,7 +306,7 @@ def test_background_option_equals_relabelled_arrays():
         assert b[key] == pytest.approx(a[key], rel=1e-12), key
 
 
-def test_dataset_json_gives_class_names_and_regions_are_refused(tmp_path):
+def test_dataset_json_gives_class_names_and_a_softmax_map_is_no_region_map(tmp_path):
     cases = make_cases(seed=10, n=1)
     pred, labels = write_folders(tmp_path, cases, "nnunet")
     (pred / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "RV": 1, "LV": 2}}))
@@ -318,7 +318,8 @@ def test_dataset_json_gives_class_names_and_regions_are_refused(tmp_path):
         "regions_class_order": [1, 2],
     }
     (pred / "dataset.json").write_text(json.dumps(regions))
-    with pytest.raises(ScoreInputError, match="region-based"):
+    # region-based: one sigmoid channel per region (test_score_regions.py); 3 channels for 2
+    with pytest.raises(ScoreInputError, match="3 probability channels, but the region-based"):
         score_folder(pred, labels, tmp_path / "out2", progress=False)
     assert not (tmp_path / "out2").exists()
 

@@ -74,7 +74,7 @@ DATASET = {
 }
 
 
-def _export(folder, name, logits_cropped):
+def _export(folder, name, logits_cropped, dataset=DATASET):
     shape_cropped = [hi - lo for lo, hi in BBOX]
     properties = {
         "spacing": list(SPACING_XYZ[::-1]),
@@ -93,7 +93,7 @@ def _export(folder, name, logits_cropped):
         properties,
         plans.get_configuration("3d_fullres"),
         plans,
-        DATASET,
+        dataset,
         str(folder / name),
         save_probabilities=True,
         num_threads_torch=1,
@@ -185,3 +185,82 @@ def test_nnunet_merges_the_calibrated_maps_into_its_own_segmentation(tmp_path):
         merged = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}.nii.gz")))
         original = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / f"{name}.nii.gz")))
         np.testing.assert_array_equal(merged, original)  # temperature keeps the argmax
+
+
+REGION_DATASET = {
+    "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing": [3]},
+    "regions_class_order": [1, 2, 3],
+    "file_ending": ".nii.gz",
+    "channel_names": {"0": "MRI"},
+    "numTraining": 3,
+}
+
+
+def test_score_reads_a_region_based_export_and_agrees_with_nnunets_label_manager(tmp_path):
+    """nnU-Net writes sigmoid region probabilities (zero outside the crop) and its segmentation
+    by ``regions_class_order``; score's per-region numbers equal those of the arrays built here,
+    and its per-region Dice equals the Dice of nnU-Net's own segmentation turned into regions
+    by nnU-Net's own transform (the predicted regions are nested, so the two agree)."""
+    import json
+
+    from batchgeneratorsv2.transforms.utils.seg_to_regions import (
+        ConvertSegmentationToRegionsTransform,
+    )
+    from nnunetv2.ensembling.ensemble import merge_files
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from mls_tutorial.score import read_dataset_json
+    from mls_tutorial.score.regions import score_region_cases
+
+    label_manager = PlansManager(_plans()).get_label_manager(REGION_DATASET)
+    assert label_manager.has_regions and label_manager.num_segmentation_heads == 3
+    to_regions = ConvertSegmentationToRegionsTransform(label_manager.foreground_regions)
+    pred, labels = tmp_path / "pred", tmp_path / "labelsTr"
+    pred.mkdir()
+    labels.mkdir()
+    (pred / "dataset.json").write_text(json.dumps(REGION_DATASET))  # nnUNetv2_predict's copy
+    rng = np.random.default_rng(3)
+    crop = (slice(None), *(slice(lo, hi) for lo, hi in BBOX))
+    expected, dice_nnunet = [], []
+    for i in range(3):
+        name = f"case_{i:03d}"
+        base = rng.normal(size=[hi - lo for lo, hi in BBOX]) * 3
+        logits = np.stack([base + 2, base, base - 2]).astype(np.float32)  # nested regions
+        _export(pred, name, logits, REGION_DATASET)
+        p = np.zeros((3, *SHAPE_ZYX), np.float32)  # the reference, independently
+        p[crop] = torch.sigmoid(torch.from_numpy(logits)).numpy()
+        label = np.zeros(SHAPE_ZYX, np.int64)
+        label[crop[1:]] = (rng.random(base.shape)[None] < p[crop]).sum(0)
+        _write_label(labels, name, label)
+        expected.append((p.transpose(0, 3, 2, 1), label.transpose(2, 1, 0), SPACING_XYZ, name))
+        seg = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / f"{name}.nii.gz")))
+        got, ref = (to_regions(segmentation=torch.from_numpy(a[None].astype(np.int16)))
+                    ["segmentation"].numpy() for a in (seg, label))  # fmt: skip
+        dice_nnunet.append(
+            2 * (got & ref).sum((1, 2, 3)) / (got.sum((1, 2, 3)) + ref.sum((1, 2, 3)))
+        )
+    with np.load(pred / "case_000.npz") as npz:
+        assert npz["probabilities"].shape == (3, *SHAPE_ZYX)  # one sigmoid channel per region
+    regions = read_dataset_json(pred).regions
+    assert list(regions.values()) == label_manager.foreground_regions  # channel order
+    m = score_folder(pred, labels, tmp_path / "out", progress=False)
+    ref = score_region_cases(expected, read_dataset_json(pred).regions, progress=False)
+    assert m["data"]["class_names"] == ["whole tumor", "tumor core", "enhancing"]
+    for name in m["regions"]:
+        for key in ("dice", "hd95", "ece", "cece", "ece_all", "gap", "nll", "brier"):
+            assert m["regions"][name][key] == pytest.approx(ref["regions"][name][key], rel=1e-6)
+    dice = np.mean(dice_nnunet, 0)
+    for r, name in enumerate(m["regions"]):
+        assert m["regions"][name]["dice"] == pytest.approx(dice[r], rel=1e-12), name
+    # --write-calibrated: nnU-Net's ensembling code reads the scaled sigmoid maps and, by
+    # regions_class_order, writes the segmentation it wrote first (T keeps p > 0.5)
+    cal = tmp_path / "calibrated"
+    m = score_folder(pred, labels, tmp_path / "out_ts", val_cases=["case_000"],
+                     write_calibrated=cal, progress=False)  # fmt: skip
+    assert len(set(m["temperature_scaled"]["temperature"].values())) == 3  # one T per region
+    for name in ("case_001", "case_002"):
+        merge_files([str(cal / f"{name}.npz")], str(tmp_path / name), ".nii.gz", SimpleITKIO(),
+                    label_manager)  # fmt: skip
+        merged = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"{name}.nii.gz")))
+        original = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / f"{name}.nii.gz")))
+        np.testing.assert_array_equal(merged, original)

@@ -16,6 +16,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from _dask import local_cluster
 
 pytestmark = pytest.mark.slow  # a Dask cluster of worker processes
 distributed = pytest.importorskip("distributed")
@@ -39,13 +40,7 @@ def cfg(loss="ce", iterations=5, **kw):
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    ) as cluster:
+    with local_cluster() as cluster:
         yield cluster
 
 

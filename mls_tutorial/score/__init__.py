@@ -11,7 +11,11 @@
 - ``score_folder(pred, labels, out)``: nnU-Net v2 ``.npz``, NIfTI ``(X, Y, Z, C)`` or NumPy
   ``(C, X, Y, Z)`` folders (``layouts``) -> ``metrics.json``, ``cases.csv``, figures and
   ``summary.md`` (``folder``), replacing only score's own files in OUT (``output``); the
-  ``mls-tutorial score`` command.
+  ``mls-tutorial score`` command;
+- ``score_region_cases(pairs, regions)``: a region-based (sigmoid) model, e.g. nnU-Net's BraTS
+  regions, each region scored as the two-class problem ``(1 - p_r, p_r)`` against
+  ``label in labels_r``, one temperature per region (``regions``); ``score_folder`` takes this
+  path when ``PRED/dataset.json`` defines regions (``region_report``).
 """
 
 from mls_tutorial.score.core import SCORE_MARGINS, class_gaps, score_cases
@@ -25,6 +29,7 @@ from mls_tutorial.score.layouts import (
     read_label,
     read_probabilities,
 )
+from mls_tutorial.score.regions import fit_region_temperatures, score_region_cases
 from mls_tutorial.score.summary import summary_text
 from mls_tutorial.score.temperature import fit_temperature_on_cases
 
@@ -36,11 +41,13 @@ __all__ = [
     "ScoreInputError",
     "class_gaps",
     "detect_layout",
+    "fit_region_temperatures",
     "fit_temperature_on_cases",
     "read_dataset_json",
     "read_label",
     "read_probabilities",
     "score_cases",
     "score_folder",
+    "score_region_cases",
     "summary_text",
 ]

@@ -1,7 +1,8 @@
 """Write temperature-scaled probabilities in the input's own layout (``--write-calibrated DIR``).
 
 For every reported case, ``softmax(log p / T)`` (``log p`` clipped at the smallest normal of p's
-dtype, as ``score`` reads it), computed in float64 slab by slab and stored as float32 in the
+dtype, as ``score`` reads it; a region-based model: each sigmoid channel ``sigmoid(logit / T_r)``
+with its region's own T, the argmax ``p_r > 0.5`` unchanged), computed in float64 slab by slab and stored as float32 in the
 file layout it came in: nnU-Net (``CASE.npz`` with ``probabilities (C, Z, Y, X)``, compressed
 as nnU-Net writes it, beside a copy of its ``CASE.pkl`` and of its argmax ``CASE.nii.gz``,
 which temperature scaling does not change), NIfTI (same header and affine) or NumPy. The
@@ -50,9 +51,24 @@ def _scaled(p: np.ndarray, temperature: float) -> np.ndarray:
     return out
 
 
-def _write_case(files: CaseFiles, temperature: float, stage: Path) -> None:
+def _scaled_sigmoid(p: np.ndarray, temperatures: Sequence[float]) -> np.ndarray:
+    """Channel c of ``p (R, *spatial)`` (sigmoid, one per region) scaled by its own ``T_c``:
+    ``softmax(log (1 - p_c, p_c) / T_c)[1] = sigmoid(logit_c / T_c)``, ``1 - p_c`` in p's dtype
+    (as ``regions`` reads it)."""
+    out = np.empty_like(p, dtype=np.float32)
+    for c, t in enumerate(temperatures):
+        pc = np.asarray(p[c])
+        two = np.stack([np.subtract(1, pc, dtype=pc.dtype), pc])
+        out[c] = _scaled(two, t)[1]
+    return out
+
+
+def _write_case(files: CaseFiles, temperature, stage: Path) -> None:
     p = read_probabilities(files.prediction, files.layout)  # (C, X, Y, Z), a view of the file
-    s = _scaled(p, temperature)
+    if isinstance(temperature, Sequence):
+        s = _scaled_sigmoid(p, temperature)
+    else:
+        s = _scaled(p, temperature)
     name, folder = files.prediction.name, files.prediction.parent
     if files.layout == "nnunet":
         np.savez_compressed(stage / name, probabilities=s.transpose(0, 3, 2, 1))
@@ -73,13 +89,14 @@ def _write_case(files: CaseFiles, temperature: float, stage: Path) -> None:
 
 def write_calibrated(
     cases: Sequence[CaseFiles],
-    temperature: float,
+    temperature: float | Sequence[float],
     out: str | Path,
     pred: str | Path,
     *,
     progress: bool = True,
 ) -> list[str]:
-    """Write every case of ``cases`` scaled by ``temperature`` into ``out``; returns the files."""
+    """Write every case of ``cases`` scaled by ``temperature`` into ``out``; returns the files.
+    A sequence of temperatures: a region-based model's sigmoid channels, one T each."""
     from tqdm.auto import tqdm
 
     out = check_calibrated_dir(out, pred)

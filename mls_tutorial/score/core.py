@@ -61,9 +61,21 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def map_cases(fn, items: Iterable, workers: int = 1):
+def map_cases(fn, items: Iterable, workers: int = 1, executor=None):
     """``fn(item, i)`` for each item, in order; with ``workers > 1`` in that many processes,
-    at most ``workers`` cases in flight (memory: ``workers`` x one case)."""
+    at most ``workers`` cases in flight (memory: ``workers`` x one case). ``executor``: any
+    ``concurrent.futures`` executor (a Dask client's: ``cluster.dask_executor``), every case
+    submitted at once (small: file names), results taken in order (each worker thread holds
+    one case)."""
+    if executor is not None:
+        futures = [executor.submit(fn, item, i) for i, item in enumerate(items)]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+        return
     if workers <= 1:
         for i, item in enumerate(items):
             yield fn(item, i)
@@ -91,6 +103,85 @@ def map_cases(fn, items: Iterable, workers: int = 1):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+class CaseMerge:
+    """The cases' ``CaseScore``s at the temperatures ``temps`` merged in the order they are
+    added (``add``), then ``results``: the dict ``score_cases`` returns."""
+
+    def __init__(self, temps, n_bins: int, margins):
+        self.temps, self.n_bins, self.margins = temps, n_bins, margins
+        self.k = self.variants = None
+        self.rows, self.dice_v, self.hd_v, self.bayes_v = [], [], [], []
+        self.sat = {"voxels": 0, "saturated": 0, "zero_entries": 0, "entries": 0, "dtypes": set()}
+
+    def add(self, cs: CaseScore) -> None:
+        from mls_tutorial.metrics import dice_from_confusion
+
+        if self.k is None:
+            self.k = cs.k
+            self.variants = [_Variant(cs.k, self.n_bins, self.margins, t) for t in self.temps]
+        elif cs.k != self.k:
+            raise ScoreInputError(
+                f"case {cs.name}: {cs.k} channels, but the cases before had {self.k}"
+            )
+        cal = [v.add_case(t) for v, t in zip(self.variants, cs.tables, strict=True)]
+        for key in ("voxels", "saturated", "zero_entries", "entries"):
+            self.sat[key] += cs.sat[key]
+        self.sat["dtypes"].add(cs.sat["dtype"])
+        dice = dice_from_confusion(cs.confusion)
+        self.dice_v.append(dice)
+        self.hd_v.append(cs.hd95)
+        if cs.bayes_confusion is not None:
+            self.bayes_v.append(dice_from_confusion(cs.bayes_confusion))
+        self.rows.append({"name": cs.name, "dice": dice, "hd95": cs.hd95, "cal": cal})
+
+    def results(self, class_names=None, background: int = 0) -> dict[str, Any]:
+        if self.k is None:
+            raise ScoreInputError("no case to score: the iterable of cases is empty")
+        for v in self.variants:
+            v.finish()
+        names = _class_names(class_names, self.k, background)
+        has_truth = len(self.bayes_v) == len(self.rows)
+        bayes = self.bayes_v if has_truth else None
+        args = (self.rows, self.dice_v, self.hd_v, bayes, names, has_truth)
+        results = [_results(v, j, *args) for j, v in enumerate(self.variants)]
+        for v, res in zip(self.variants, results, strict=True):
+            res["score"] = _score_extras(v, self.sat, self.margins, names)
+        out = results[0]
+        if len(results) > 1:
+            out["temperature_scaled"] = results[1]
+        return out
+
+
+def _in_a_list(fn, item, index: int) -> list:
+    return [fn(item, index)]
+
+
+def run_cases(fn, pairs: Iterable, merges: Sequence[CaseMerge], **run) -> None:
+    """``fn(item, i)`` -> one ``CaseScore`` per merge, for every case (``map_cases``), each
+    added to its merge in the cases' order. ``run``: ``progress``, ``total``, ``workers``,
+    ``executor``."""
+    from tqdm.auto import tqdm
+
+    workers, executor = run.get("workers", 1), run.get("executor")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ScoreInputError(f"workers must be an integer >= 1, got {workers!r}")
+    if executor is not None and workers != 1:
+        raise ScoreInputError("give workers (local processes) or an executor, not both")
+    total = run.get("total")
+    if total is None and isinstance(pairs, Sequence):
+        total = len(pairs)
+    results = map_cases(fn, pairs, workers, executor)
+    bar = tqdm(results, desc="score", unit="case", total=total, disable=not run.get("progress"))
+    for scores in bar:
+        for merge, cs in zip(merges, scores, strict=True):
+            merge.add(cs)
+
+
+def in_case_progress(progress: bool, workers: int = 1, executor=None) -> bool:
+    """A progress bar within a large case: only when the cases are scored in this process."""
+    return progress and workers == 1 and executor is None
+
+
 def score_cases(
     pairs: Iterable,
     *,
@@ -103,6 +194,7 @@ def score_cases(
     progress: bool = True,
     total: int | None = None,
     workers: int = 1,
+    executor=None,
 ) -> dict[str, Any]:
     """Score saved probability maps against labels, one case in memory at a time (per worker).
 
@@ -112,21 +204,16 @@ def score_cases(
     ``background``: the label of the background (left out of Dice/HD95 and of the foreground
     region). ``temperature``: also score ``log p / T`` under ``results["temperature_scaled"]``.
     ``hd95=False`` skips HD95 (NaN). ``workers``: processes (each holds one case; the cases
-    must be picklable, ``CaseFiles`` best). Returns the keys of a run's ``metrics.json``
+    must be picklable, ``CaseFiles`` best). ``executor``: a ``concurrent.futures`` executor
+    instead of ``workers`` (a Dask cluster: the files must be where its workers see them; the
+    same numbers, merged in the cases' order). Returns the keys of a run's ``metrics.json``
     (``train.evaluate``) plus ``score`` (saturation, shares of logit distances above
     ``margins``, per-class gaps); ``tce``/``ece_true``/``prob_gap``/``dice_bayes`` only when
     every case has true probabilities.
     """
-    from tqdm.auto import tqdm
-
-    from mls_tutorial.metrics import dice_from_confusion
     from mls_tutorial.train.evaluation import check_temperature
 
     check_temperature(temperature)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ScoreInputError(f"workers must be an integer >= 1, got {workers!r}")
-    if total is None and isinstance(pairs, Sequence):
-        total = len(pairs)
     temps = [None] if temperature is None else [None, float(temperature)]
     fn = partial(
         score_case,
@@ -135,45 +222,12 @@ def score_cases(
         n_bins=n_bins,
         margins=margins,
         hd95=hd95,
-        progress=progress and workers == 1,
+        progress=in_case_progress(progress, workers, executor),
     )
-    k = variants = None
-    rows, dice_v, hd_v, bayes_v = [], [], [], []
-    sat = {"voxels": 0, "saturated": 0, "zero_entries": 0, "entries": 0, "dtypes": set()}
-    results = map_cases(fn, pairs, workers)
-    for cs in tqdm(results, desc="score", unit="case", total=total, disable=not progress):
-        cs: CaseScore
-        if k is None:
-            k = cs.k
-            variants = [_Variant(k, n_bins, margins, t) for t in temps]
-        elif cs.k != k:
-            raise ScoreInputError(f"case {cs.name}: {cs.k} channels, but the cases before had {k}")
-        cal = [v.add_case(t) for v, t in zip(variants, cs.tables, strict=True)]
-        for key in ("voxels", "saturated", "zero_entries", "entries"):
-            sat[key] += cs.sat[key]
-        sat["dtypes"].add(cs.sat["dtype"])
-        dice = dice_from_confusion(cs.confusion)
-        dice_v.append(dice)
-        hd_v.append(cs.hd95)
-        if cs.bayes_confusion is not None:
-            bayes_v.append(dice_from_confusion(cs.bayes_confusion))
-        rows.append({"name": cs.name, "dice": dice, "hd95": cs.hd95, "cal": cal})
-    if k is None:
-        raise ScoreInputError("no case to score: the iterable of cases is empty")
-    for v in variants:
-        v.finish()
-    names = _class_names(class_names, k, background)
-    has_truth = len(bayes_v) == len(rows)
-    results = [
-        _results(v, j, rows, dice_v, hd_v, bayes_v if has_truth else None, names, has_truth)
-        for j, v in enumerate(variants)
-    ]
-    out = results[0]
-    out["score"] = _score_extras(variants[0], sat, margins, names)
-    if len(results) > 1:
-        out["temperature_scaled"] = results[1]
-        out["temperature_scaled"]["score"] = _score_extras(variants[1], sat, margins, names)
-    return out
+    merge = CaseMerge(temps, n_bins, margins)
+    run = {"progress": progress, "total": total, "workers": workers, "executor": executor}
+    run_cases(partial(_in_a_list, fn), pairs, [merge], **run)
+    return merge.results(class_names, background)
 
 
 def _class_names(class_names, k: int, background: int) -> list[str]:

@@ -16,7 +16,8 @@ spacing (mm) comes from their header. Case ids are file names without extensions
 trailing ``_0000`` (nnU-Net's channel suffix). ``read_probabilities`` returns the array in the
 label's axis order ``(C, X, Y, Z)`` as a view (no copy): nnU-Net's array transposed.
 A ``dataset.json`` in ``PRED`` (nnU-Net writes one) gives class names, and tells
-region-based (sigmoid) models apart: ``labels`` values that are lists, or ``regions_class_order``.
+region-based (sigmoid) models apart: a ``labels`` value that is a list of two or more labels
+(``regions``).
 """
 
 from __future__ import annotations
@@ -189,17 +190,49 @@ def read_probabilities(path: str | Path, layout: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What ``dataset.json`` says: class names (index order) and the regions, if region-based."""
+    """What ``dataset.json`` says: class names (index order) or, for a region-based model, its
+    regions in channel order (name -> the label values they unite), ``regions_class_order`` and
+    the ignore label."""
 
     class_names: tuple[str, ...] | None = None
-    regions: dict[str, tuple[int, ...]] | None = None  # region name -> label values it unites
+    regions: dict[str, tuple[int, ...]] | None = None
     path: Path | None = None
+    regions_class_order: tuple[int, ...] | None = None
+    ignore: int | None = None
+
+
+def _is_background(value) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return set(values) == {0}
+
+
+def _regions(data: dict, items: list, path: Path) -> DatasetInfo:
+    """nnU-Net v2's ``LabelManager``: every entry but ``background`` (0) and ``ignore`` is a
+    region, in the order of ``labels``; channel i of the probabilities is region i."""
+    try:
+        regions = {
+            str(name): tuple(int(x) for x in (value if isinstance(value, list) else [value]))
+            for name, value in items
+            if name != "ignore" and not _is_background(value)
+        }
+        order = data.get("regions_class_order")
+        order = None if order is None else tuple(int(x) for x in order)
+        ignore = data["labels"].get("ignore")
+        ignore = None if ignore is None else int(ignore)
+    except (TypeError, ValueError) as err:
+        raise ScoreInputError(f"{path}: cannot read its regions: {err}") from err
+    if order is not None and len(order) != len(regions):
+        raise ScoreInputError(
+            f"{path}: regions_class_order {list(order)} has {len(order)} entries for "
+            f"{len(regions)} regions ({', '.join(regions)})"
+        )
+    return DatasetInfo(regions=regions, path=path, regions_class_order=order, ignore=ignore)
 
 
 def read_dataset_json(folder: str | Path) -> DatasetInfo:
     """Class names from ``dataset.json`` (nnU-Net v2 ``{"name": index}`` or MSD
-    ``{"index": "name"}``); regions when a label maps to a list of values (nnU-Net region-based
-    training), or ``regions_class_order`` is present."""
+    ``{"index": "name"}``); regions when a label maps to a list of two or more values (nnU-Net
+    v2's rule for region-based training, ``LabelManager.has_regions``)."""
     path = Path(folder) / "dataset.json"
     if not path.is_file():
         return DatasetInfo()
@@ -211,13 +244,9 @@ def read_dataset_json(folder: str | Path) -> DatasetInfo:
     if not isinstance(labels, dict) or not labels:
         raise ScoreInputError(f"{path}: 'labels' must be a non-empty mapping, got {labels!r}")
     items = list(labels.items())
-    if any(isinstance(v, list) for _, v in items) or "regions_class_order" in data:
-        regions = {}
-        for name, value in items:
-            values = value if isinstance(value, list) else [value]
-            if name != "background" and values != [0]:
-                regions[str(name)] = tuple(int(x) for x in values)
-        return DatasetInfo(regions=regions, path=path)
+    if any(isinstance(v, list) and len(v) > 1 for _, v in items):
+        return _regions(data, items, path)
+    items = [(k, v[0] if isinstance(v, list) and len(v) == 1 else v) for k, v in items]
     try:
         if all(str(k).lstrip("-").isdigit() for k, _ in items):  # MSD: {"0": "background"}
             index = {int(k): str(v) for k, v in items}
