@@ -303,3 +303,28 @@ def test_the_nnunet_page_quotes_its_table_and_its_seed_counts():
     ):
         value, count = said("nnUNetTrainerMbLS", col, -1)
         assert count == "3 of 3" and phrase.format(count=count, value=value[1:]) in text, col
+
+
+def test_section_10_distance_shares_are_the_histograms_of_length_json():
+    from mls_tutorial.metrics import LogitDistanceHistogram
+
+    study = json.loads((EVIDENCE / "length.json").read_text())
+    text = (ROOT / "docs" / "results.md").read_text()
+    text = _flat(text[text.index("- **The logit distances**") : text.index("## Where")])
+    share = {
+        (h["iterations"], h["method"].split()[0]): LogitDistanceHistogram.from_dict(h["histogram"])
+        for h in study["histograms"]
+    }
+
+    def pct(n, name, m=5.0):
+        return f"{100 * float(share[n, name].fraction_above(m)):.0f}%"
+
+    assert all(f"{name} {pct(200, name)}" in text for name in ("CE", "LS", "MbLS", "ECP"))
+    assert f"CE's share is {pct(4000, 'CE')} ({pct(4000, 'CE', 6.0)} above 6)" in text
+    assert f"LS's {pct(4000, 'LS')} ({pct(4000, 'LS', 6.0)})" in text
+    assert f"MbLS's {pct(4000, 'MbLS')}" in text and f"only {pct(4000, 'MbLS', 6.0)}" in text
+    assert f"ECP's {pct(4000, 'ECP')} ({pct(4000, 'ECP', 6.0)})" in text
+    mbls = share[4000, "MbLS"].histogram()
+    edges, counts = np.asarray(mbls["edges"]), np.asarray(mbls["counts"])
+    near = counts[(edges[:-1] >= 5) & (edges[:-1] < 5.5)].sum() / mbls["n"]
+    assert f"{100 * near:.0f} of its {pct(4000, 'MbLS')[:-1]} points" in text

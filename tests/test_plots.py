@@ -729,3 +729,18 @@ def test_training_curves_keep_one_scale_per_panel():
     nll = next(ln for ln in ax_loss.lines if ln.get_label() == "validation NLL (fg)")
     assert list(nll.get_ydata()) == history["val_fg_nll"]
     assert list(nll.get_xdata()) == [2, 4]
+
+
+def test_a_tiny_overflow_is_named_as_under_a_tenth_of_a_percent_never_zero():
+    edges = np.linspace(0.0, 40.0, 81)
+    counts = np.zeros(80)
+    counts[10] = 99_990.0
+    for overflow, shown in ((3.0, "[<0.1% beyond 40]"), (600.0, "[0.6% beyond 40]")):
+        source = {"edges": edges, "counts": counts, "overflow": overflow, "n": 99_990.0 + overflow}
+        fig = plots.logit_distance_histogram({"CE": source}, margin=5.0)
+        label = stairs(fig.axes[0])[0].get_label()
+        assert shown in label and "[0.0%" not in label, label
+        plt.close(fig)
+    fig = plots.logit_distance_histogram({"CE": {"edges": edges, "counts": counts}}, margin=5.0)
+    assert "beyond" not in stairs(fig.axes[0])[0].get_label()
+    plt.close(fig)

@@ -139,8 +139,11 @@ def logit_distance_histogram(
         if own is not None:
             approx = "" if data["exact"] else "~"
             text += f" ({approx}{data['fraction_above']:.1%} > {own:g})"
-        if data["overflow"]:
-            text += f" [{data['overflow'] / data['n']:.1%} beyond {data['edges'][-1]:g}]"
+        if data["overflow"]:  # a few distances out of range: say so, never as "0.0%"
+            share = data["overflow"] / data["n"]
+            text += (
+                f" [{f'{share:.1%}' if share >= 5e-4 else '<0.1%'} beyond {data['edges'][-1]:g}]"
+            )
         ax.stairs(values, data["edges"], color=f"C{i}", lw=1.6, label=text, fill=False)
         if own is not None and own not in drawn:
             drawn.add(own)

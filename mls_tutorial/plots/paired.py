@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from mls_tutorial.plots._common import axes_grid, root_figure
 
@@ -49,6 +50,8 @@ def paired_differences(
                           label=f"seed {s}")  # fmt: skip
             axis.plot([d.mean()] * 2, [row - 0.25, row + 0.25], color="k", lw=2, label="mean")
         axis.axvline(0.0, color="grey", lw=0.8)
+        axis.xaxis.set_major_locator(MaxNLocator(nbins=4))  # room for small differences' labels
+        axis.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2), useMathText=True)
         axis.set_yticks(range(len(pairs)), [p["pair"] for p in pairs] if axis is axes[0] else [])
         axis.set_ylim(len(pairs) - 0.5, -0.5)
         axis.set_xlabel(f"Δ {metric}\n{_SIDE.get(better.get(metric), '')}".rstrip())
