@@ -30,6 +30,7 @@ from mls_tutorial.score import (
     score_cases,
     score_folder,
 )
+from mls_tutorial.score.case import score_case, score_device
 from mls_tutorial.score.output import MANIFEST
 from mls_tutorial.train import optimal_temperature
 
@@ -424,6 +425,82 @@ def test_cli_score_writes_everything_and_reports_errors(tmp_path, capsys):
     assert set(m["score"]["distance_share_above"]) == {"2", "5", "10"}
     code = main(["score", str(pred), str(tmp_path / "nowhere"), "--out", str(out)])
     assert code == 1 and "LABELS folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ --device
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def test_score_device_names_cpu_by_default_and_cuda_only_when_asked():
+    assert score_device(None) == torch.device("cpu") == score_device("cpu")
+    assert score_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises((ValueError, RuntimeError)):
+        score_device("mps")  # no float64 on MPS (or no MPS here)
+
+
+def test_device_cpu_writes_the_default_metrics_exactly(tmp_path):
+    cases = make_cases(seed=17, n=3, power=2.0)
+    pred, labels = write_folders(tmp_path, cases, "nnunet")
+    score_folder(pred, labels, tmp_path / "default", val_cases=["case00"], progress=False)
+    args = ["--val-cases", "case00", "--device", "cpu", "--no-progress"]
+    assert main(["score", str(pred), str(labels), "--out", str(tmp_path / "cpu"), *args]) == 0
+    default = json.loads((tmp_path / "default" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "cpu" / "metrics.json").read_text()) == default
+    assert default["source"]["device"] == "cpu" and "temperature_scaled" in default
+
+
+def _tensors_and_arrays(obj, seen=None):
+    """Every tensor and array reachable from ``obj`` (dataclass, object, list, dict)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor | np.ndarray):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors_and_arrays(value, seen)
+    elif isinstance(obj, list | tuple):
+        for value in obj:
+            yield from _tensors_and_arrays(value, seen)
+    elif hasattr(obj, "__dict__"):
+        yield from _tensors_and_arrays(vars(obj), seen)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_case_score_holds_cpu_tensors_only_whatever_the_device(device):
+    name, p, y, q = make_cases(seed=18, n=1)[0]
+    cs = score_case(Case(p, y, SPACING, name, q), temperatures=(None, 1.5), device=device)
+    found = list(_tensors_and_arrays(cs))
+    tensors = [t for t in found if isinstance(t, torch.Tensor)]
+    assert len(tensors) >= 6 and all(t.device.type == "cpu" for t in tensors)
+    assert all(t.device == torch.device("cpu") for t in cs.tables)
+    assert isinstance(cs.confusion, np.ndarray) and isinstance(cs.bayes_confusion, np.ndarray)
+    assert pickle.loads(pickle.dumps(cs)).confusion.tolist() == cs.confusion.tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_the_cpu_numbers_within_float_tolerance():
+    cases = make_cases(seed=19, n=2, power=2.0)
+    cpu = score_cases(_pairs(cases), temperature=1.5, progress=False)
+    cuda = score_cases(_pairs(cases), temperature=1.5, progress=False, device="cuda")
+    for res_cpu, res_cuda in ((cpu, cuda), (cpu["temperature_scaled"], cuda["temperature_scaled"])):
+        for key in ("dice", "hd95", "ece", "cece", "ece_all", "gap", "nll", "brier"):
+            assert res_cuda[key] == pytest.approx(res_cpu[key], rel=1e-9, abs=1e-12), key
+        assert res_cuda["meter"]["count"] == res_cpu["meter"]["count"]  # no value on a bin edge
+        assert res_cuda["histogram"]["cells"] == res_cpu["histogram"]["cells"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cli_score_device_cuda_without_cuda_is_a_one_line_error(tmp_path, capsys):
+    pred, labels = write_folders(tmp_path, make_cases(seed=20, n=1))
+    out = tmp_path / "out"
+    assert main(["score", str(pred), str(labels), "--out", str(out), "--device", "cuda"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("mls-tutorial score: error: --device 'cuda' is not usable")
+    assert captured.err.count("\n") == 1 and not captured.out
+    assert not out.exists()
 
 
 def test_importing_the_package_loads_no_optional_engine():

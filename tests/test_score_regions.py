@@ -285,6 +285,20 @@ def test_score_cli_on_an_nnunet_region_folder_end_to_end(tmp_path, capsys):
     assert (cal / "dataset.json").is_file()
 
 
+def test_device_cpu_scores_a_region_folder_exactly_as_the_default(tmp_path):
+    pred, labels = tmp_path / "pred", tmp_path / "labelsTs"
+    write_nnunet(pred, labels, make_cases(3, seed=50))
+    kwargs = {"val_cases": ["case00"], "progress": False}
+    score_folder(pred, labels, tmp_path / "default", **kwargs)
+    score_folder(pred, labels, tmp_path / "cpu", device="cpu", **kwargs)
+    default = json.loads((tmp_path / "default" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "cpu" / "metrics.json").read_text()) == default
+    assert default["region_based"] and default["source"]["device"] == "cpu"
+    items = _items(make_cases(2, seed=60))
+    direct = score_region_cases(items, REGIONS, progress=False, device="cpu")
+    assert direct == score_region_cases(items, REGIONS, progress=False)
+
+
 def test_bad_region_folders_give_one_line_errors(tmp_path, capsys):
     cases = make_cases(1)
     pred, labels = tmp_path / "pred", tmp_path / "labels"

@@ -23,7 +23,7 @@ import numpy as np
 from mls_tutorial.metrics import CalibrationMeter
 from mls_tutorial.metrics.results import assemble
 from mls_tutorial.metrics.truth import true_calibration
-from mls_tutorial.score.case import CaseScore, distance_histogram, score_case
+from mls_tutorial.score.case import CaseScore, distance_histogram, score_case, score_device
 from mls_tutorial.score.checks import permutation
 from mls_tutorial.score.layouts import ScoreInputError
 from mls_tutorial.score.tables import Tables
@@ -195,6 +195,7 @@ def score_cases(
     total: int | None = None,
     workers: int = 1,
     executor=None,
+    device=None,
 ) -> dict[str, Any]:
     """Score saved probability maps against labels, one case in memory at a time (per worker).
 
@@ -206,7 +207,9 @@ def score_cases(
     ``hd95=False`` skips HD95 (NaN). ``workers``: processes (each holds one case; the cases
     must be picklable, ``CaseFiles`` best). ``executor``: a ``concurrent.futures`` executor
     instead of ``workers`` (a Dask cluster: the files must be where its workers see them; the
-    same numbers, merged in the cases' order). Returns the keys of a run's ``metrics.json``
+    same numbers, merged in the cases' order). ``device``: where each case is scored
+    (``case.score_device``: None the CPU, ``"auto"`` CUDA when present; every worker the same;
+    on CUDA the same numbers within float tolerance). Returns the keys of a run's ``metrics.json``
     (``train.evaluate``) plus ``score`` (saturation, shares of logit distances above
     ``margins``, per-class gaps); ``tce``/``ece_true``/``prob_gap``/``dice_bayes`` only when
     every case has true probabilities.
@@ -215,6 +218,7 @@ def score_cases(
 
     check_temperature(temperature)
     temps = [None] if temperature is None else [None, float(temperature)]
+    device = score_device(device)
     fn = partial(
         score_case,
         temperatures=temps,
@@ -223,6 +227,7 @@ def score_cases(
         margins=margins,
         hd95=hd95,
         progress=in_case_progress(progress, workers, executor),
+        device=device,
     )
     merge = CaseMerge(temps, n_bins, margins)
     run = {"progress": progress, "total": total, "workers": workers, "executor": executor}

@@ -18,6 +18,7 @@ from typing import Any
 
 from mls_tutorial.score import calibrated, region_report
 from mls_tutorial.score.calibrated import check_calibrated_dir
+from mls_tutorial.score.case import score_device
 from mls_tutorial.score.core import SCORE_MARGINS, score_cases
 from mls_tutorial.score.layouts import (
     ScoreInputError,
@@ -130,6 +131,7 @@ def score_folder(
     workers: int = 1,
     write_calibrated: str | Path | None = None,
     executor=None,
+    device=None,
 ) -> dict[str, Any]:
     """Score every case of ``pred`` against ``labels`` and write ``OUTPUT_FILES`` to ``out``.
 
@@ -140,11 +142,14 @@ def score_folder(
     cluster's, ``cluster.dask_executor``: PRED and LABELS must be folders its workers see; the
     temperature is fitted and the calibrated maps written here). ``write_calibrated``: a folder for the temperature-scaled
     probabilities of every reported case, in the input's layout (``calibrated``; needs
-    ``val_cases``). Returns the metrics written.
+    ``val_cases``). ``device``: where the reported cases are scored (``case.score_device``: None
+    the CPU, ``"auto"`` CUDA when present; every worker the same); the temperature fit and the
+    calibrated maps stay on the CPU. Returns the metrics written.
     """
     from mls_tutorial import report
     from mls_tutorial.files import write_json
 
+    device = score_device(device)  # refused before any work
     out = Path(out).resolve()  # `--out .` names the current folder
     previous = previous_outputs(out, OUTPUT_FILES)
     if write_calibrated is not None:
@@ -172,6 +177,7 @@ def score_folder(
         margins=margins,
         workers=workers,
         executor=executor,
+        device=device,
     )
     layout = cases[0].layout
     metrics["temperature_fit"] = fit
@@ -185,6 +191,7 @@ def score_folder(
         "skipped_without_label": missing,
         "dataset_json": None if info.path is None else str(info.path),
         "calibrated_dir": None if write_calibrated is None else str(write_calibrated),
+        "device": str(device),
     }
     if write_calibrated is not None:
         temperature = (  # one T, or one per sigmoid channel

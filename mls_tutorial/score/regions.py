@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from mls_tutorial.metrics.results import nanmean
-from mls_tutorial.score.case import score_case
+from mls_tutorial.score.case import score_case, score_device
 from mls_tutorial.score.checks import as_case
 from mls_tutorial.score.core import (
     SCORE_MARGINS,
@@ -178,6 +178,7 @@ def score_region_cases(
     total: int | None = None,
     workers: int = 1,
     executor=None,
+    device=None,
 ) -> dict[str, Any]:
     """Score a region-based model: every region of a case as the two classes ``(1 - p_r, p_r)``.
 
@@ -185,10 +186,11 @@ def score_region_cases(
     channel per region) and integer labels; each case is read once (memory: the case plus one
     region's two-class map, ``2 / R`` of it). ``temperatures``: region name -> T (also scored).
     ``ignore``: nnU-Net's ignore label (refused in a label map). The other arguments are
-    ``score_cases``'s. Returns ``regions`` (name -> ``score_cases``'s results for that region,
-    class names ``("not NAME", NAME)``), the means over regions of ``dice, hd95, ece, cece,
-    gap, nll, brier, ece_all, cece_all``, and ``temperature_scaled`` (the same means) when
-    temperatures are given.
+    ``score_cases``'s (``device``: each two-class map is built on the CPU, scored there).
+    Returns ``regions`` (name -> ``score_cases``'s results for that region, class names
+    ``("not NAME", NAME)``), the means over regions of ``dice, hd95, ece, cece, gap, nll,
+    brier, ece_all, cece_all``, and ``temperature_scaled`` (the same means) when temperatures
+    are given.
     """
     from mls_tutorial.train.evaluation import check_temperature
 
@@ -196,6 +198,7 @@ def score_region_cases(
     temperatures = dict(temperatures or {})
     for t in temperatures.values():
         check_temperature(t)
+    device = score_device(device)
     fn = partial(
         score_region_case,
         regions=tuple(regions),
@@ -205,6 +208,7 @@ def score_region_cases(
         margins=margins,
         hd95=hd95,
         progress=in_case_progress(progress, workers, executor),
+        device=device,
     )
     merges = [
         CaseMerge(

@@ -15,6 +15,9 @@ same numbers its ``update`` gives), with the sums of ``s_k^2`` and of the NLL pe
 logit distances go to the cells of ``LogitDistanceHistogram`` (rows "all" and "mean"): when its
 boundaries are the grid ``j h`` with ``h`` a power of two (the default: 0.5), the cell is
 ``ceil(d / h)``, exact; otherwise ``bucketize``, as the histogram does.
+
+The tensors live on ``device`` (the CPU by default; CUDA: ``case.score_device``); ``to("cpu")``
+brings them back before a case's tables are sent or merged.
 """
 
 from __future__ import annotations
@@ -30,29 +33,44 @@ from mls_tutorial.metrics import CalibrationMeter, LogitDistanceHistogram
 class Tables:
     """The tables of one temperature (None: as saved), summed over the pieces given to ``add``."""
 
-    def __init__(self, k: int, n_bins: int, hist: LogitDistanceHistogram, temperature=None):
+    def __init__(
+        self, k: int, n_bins: int, hist: LogitDistanceHistogram, temperature=None, device=None
+    ):
         self.k, self.b, self.t = k, n_bins, temperature
+        self.device = dev = torch.device("cpu" if device is None else device)
         self.size = 4 * k * (n_bins + 1)  # one region
-        self.c_k = (torch.arange(k, dtype=torch.float64) * (n_bins + 1) + n_bins).view(k, 1)
-        self.code_inc = torch.tensor([k * (n_bins + 1), 2 * k * (n_bins + 1)]).view(2, 1)
+        c_k = torch.arange(k, dtype=torch.float64, device=dev) * (n_bins + 1) + n_bins
+        self.c_k = c_k.view(k, 1)
+        self.code_inc = torch.tensor([k * (n_bins + 1), 2 * k * (n_bins + 1)], device=dev)
+        self.code_inc = self.code_inc.view(2, 1)
         self.hist = hist
         bounds = hist._bounds
         h = hist.max_distance / hist.n_bins
         grid = h > 0 and math.log2(h).is_integer()
         self.step = h if grid and np.array_equal(bounds, np.arange(len(bounds)) * h) else None
-        self.bounds = torch.as_tensor(bounds)
+        self.bounds = torch.as_tensor(bounds, device=dev)
         self.n_cells = len(bounds) + 1
         self.reset()
 
     def reset(self) -> None:
         # joint[slot, cell]: the calibration slot and the distance cell of every (voxel, class)
-        self.joint = torch.zeros(2 * self.size * self.n_cells, dtype=torch.int64)
-        self.conf_t = torch.zeros(2 * self.size, dtype=torch.float64)
-        self.mean_cells = torch.zeros(self.n_cells, dtype=torch.int64)
+        dev = self.device
+        self.joint = torch.zeros(2 * self.size * self.n_cells, dtype=torch.int64, device=dev)
+        self.conf_t = torch.zeros(2 * self.size, dtype=torch.float64, device=dev)
+        self.mean_cells = torch.zeros(self.n_cells, dtype=torch.int64, device=dev)
         self.sums = np.zeros((2, 2), np.float64)  # region x (sum s_k^2, NLL sum)
         self.n = np.zeros(2, np.int64)
         self.winners = 0  # one d = 0 per voxel that is not a distance (the argmax's own)
         self.truth = None
+
+    def to(self, device) -> Tables:
+        """Move the tensors to ``device`` (in place); returns self."""
+        self.device = dev = torch.device(device)
+        for name in ("c_k", "code_inc", "bounds", "joint", "conf_t", "mean_cells", "truth"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(dev))
+        return self
 
     def _cells(self, d: torch.Tensor) -> torch.Tensor:
         if self.step is None:
@@ -68,7 +86,7 @@ class Tables:
         cells = self._cells(d)
         self.winners += n
         mean = self._cells(d.sum(0) / (self.k - 1))
-        self.mean_cells.scatter_add_(0, mean, _ones(n))
+        self.mean_cells.scatter_add_(0, mean, _ones(n, d.device))
         e = torch.exp(d.neg_())  # d is spent: e_k = exp(-d_k) <= 1, e_pred = 1
         total = e.sum(0)
         s = e.div_(total)
@@ -80,7 +98,7 @@ class Tables:
         flat = pos.view(-1)
         self.conf_t.scatter_add_(0, flat, s.view(-1))
         joint = cells.add_(pos, alpha=self.n_cells).view(-1)
-        self.joint.scatter_add_(0, joint, _ones(joint.numel()))
+        self.joint.scatter_add_(0, joint, _ones(joint.numel(), d.device))
         sq = torch.linalg.vecdot(s, s, dim=0)
         for r, mask in enumerate((fg, bg)):
             self.sums[r] += [float(sq[mask].sum()), float(nll[mask].sum())]
@@ -93,18 +111,18 @@ class Tables:
 
     @property
     def count(self) -> np.ndarray:
-        return self.joint.view(2 * self.size, self.n_cells).sum(1).numpy()
+        return self.joint.view(2 * self.size, self.n_cells).sum(1).cpu().numpy()
 
     @property
     def conf(self) -> np.ndarray:
-        return self.conf_t.numpy()
+        return self.conf_t.cpu().numpy()
 
     @property
     def cells(self) -> np.ndarray:
         """``(2, cells)``: rows "all" (every non-winning distance) and "mean"."""
         cells_all = self.joint.view(2 * self.size, self.n_cells).sum(0).clone()
         cells_all[0] -= self.winners
-        return torch.stack([cells_all, self.mean_cells]).numpy()
+        return torch.stack([cells_all, self.mean_cells]).cpu().numpy()
 
     # ------------------------------------------------------------------ results
     def _state(self, regions) -> dict:
@@ -141,8 +159,8 @@ class Tables:
         return hist
 
 
-def _ones(n: int) -> torch.Tensor:
-    return torch.ones((), dtype=torch.int64).expand(n)
+def _ones(n: int, device) -> torch.Tensor:
+    return torch.ones((), dtype=torch.int64, device=device).expand(n)
 
 
 def _increasing(flat: np.ndarray, k: int, b: int) -> np.ndarray:
