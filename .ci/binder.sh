@@ -30,14 +30,14 @@ print(f"installed package carries {n} shipped runs")'
 # the python3 kernel must be this environment's interpreter (no user-level kernelspec)
 export JUPYTER_DATA_DIR="$PWD/$out/jupyter-data"
 "$env_dir/bin/python" -m ipykernel install --sys-prefix >/dev/null
-MLS_TUTORIAL_NO_TRAIN=1 PYTHONPATH=tests timeout 900 "$env_dir/bin/python" - "$out" <<'PY'
+MLS_TUTORIAL_NO_TRAIN=1 timeout 900 "$env_dir/bin/python" - "$out" <<'PY'
 import json
 import sys
 from pathlib import Path
 
 import papermill
 from jupyter_client.kernelspec import KernelSpecManager
-from notebook_engine import register
+from mls_tutorial.notebook_engine import register
 
 out = Path(sys.argv[1]).resolve()
 kernel_python = Path(KernelSpecManager().get_kernel_spec("python3").argv[0])

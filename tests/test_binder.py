@@ -179,3 +179,27 @@ def test_the_badge_opens_notebook_01_in_jupyterlab():
     match = re.search(r"urlpath=lab/tree/(notebooks/[^)&]+\.ipynb)", url)
     assert match, f"the Binder badge does not open a notebook in JupyterLab: {url}"
     assert match.group(1).startswith("notebooks/01_") and (ROOT / match.group(1)).is_file()
+
+
+def test_the_binder_ci_script_imports_only_what_its_environment_installs():
+    """The Python that ``.ci/binder.sh`` runs in Binder's environment imports installed modules
+    only: nothing from ``tests/`` (that environment has no test suite on its path), and every
+    module it names exists (a module moved into the package must be imported from there)."""
+    import importlib.util
+
+    script = (ROOT / ".ci" / "binder.sh").read_text()
+    assert "PYTHONPATH=tests" not in script
+    bodies = re.findall(r"<<'PY'\n(.*?)\nPY\n", script, flags=re.S)
+    assert bodies, "no embedded Python found in .ci/binder.sh"
+    ours = {p.stem for p in (ROOT / "tests").glob("*.py")} | {"tests"}
+    for body in bodies:
+        for node in ast.walk(ast.parse(body)):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in ours, f"imports from tests/: {ast.unparse(node)}"
+                assert importlib.util.find_spec(name) is not None, f"no module: {name}"
