@@ -8,7 +8,6 @@ the recipe's shape without a network, and that Binder opens notebook 01 with no 
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from _imports import absolute_imports
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
@@ -119,11 +119,7 @@ def _notebook_imports() -> set[str]:
                 continue
             src = "".join(cell["source"])
             src = "\n".join(x for x in src.splitlines() if not x.lstrip().startswith(("%", "!")))
-            for node in ast.walk(ast.parse(src)):
-                if isinstance(node, ast.Import):
-                    mods |= {a.name.split(".")[0] for a in node.names}
-                elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                    mods.add(node.module.split(".")[0])
+            mods |= {m.split(".")[0] for m in absolute_imports(src)}
     return mods
 
 
@@ -193,13 +189,6 @@ def test_the_binder_ci_script_imports_only_what_its_environment_installs():
     assert bodies, "no embedded Python found in .ci/binder.sh"
     ours = {p.stem for p in (ROOT / "tests").glob("*.py")} | {"tests"}
     for body in bodies:
-        for node in ast.walk(ast.parse(body)):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            for name in names:
-                assert name.split(".")[0] not in ours, f"imports from tests/: {ast.unparse(node)}"
-                assert importlib.util.find_spec(name) is not None, f"no module: {name}"
+        for name in absolute_imports(body):
+            assert name.split(".")[0] not in ours, f"imports from tests/: {name}"
+            assert importlib.util.find_spec(name) is not None, f"no module: {name}"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from _imports import absolute_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_A = base64.b64encode(b"\x89PNG\r\n\x1a\n-explorer").decode()
@@ -110,16 +111,8 @@ def test_html_anchors_become_myst_targets(build):
 def test_the_docs_build_imports_nothing_from_tests():
     """The docs depend on the package, never on the test suite: no import names a module of
     ``tests/`` and no path into it is put on ``sys.path``."""
-    import ast
-
     source = (ROOT / "docs" / "build.py").read_text()
     ours = {p.stem for p in (ROOT / "tests").glob("*.py")}
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""]
-        else:
-            continue
-        assert not {n.split(".")[0] for n in names} & (ours | {"tests"}), ast.unparse(node)
+    for name in absolute_imports(source):
+        assert name.split(".")[0] not in ours | {"tests"}, name
     assert '"tests"' not in source

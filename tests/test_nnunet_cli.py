@@ -3,13 +3,13 @@ needed (the trainers themselves: tests/test_nnunet_trainers.py, tests/test_nnune
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from _imports import absolute_imports
 
 from mls_tutorial.cli import main
 from mls_tutorial.nnunet import ENV_VAR, env_has_folder, trainer_folder
@@ -25,14 +25,7 @@ def test_import_is_light():
 
 
 def _imports(path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            names.add(node.module)
-    return names
+    return absolute_imports(path.read_text())
 
 
 def test_trainer_folder_imports_only_nnunet_torch_and_the_penalties():
