@@ -19,7 +19,6 @@ Never a silent Dice 1 / HD 0 for an absent or missed structure.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -175,11 +174,14 @@ def hd95_per_class(
     the bounding box of P and G together, one voxel wider (``class_boxes``): every surface
     voxel and every distance between them lies in it, and MONAI crops to the same box itself,
     so the numbers are MONAI's full-volume ones, without a pass over the volume per class.
+    The steps are MONAI's (``get_mask_edges``: erosion edges; ``get_surface_distance``: a k-d
+    tree; ``torch.quantile`` of each direction, the larger), called on the box without its
+    second search for the same box (2.8x faster, ``benchmarks/bench_score.py``).
     ``spacing``: mm per axis of the label map (None: 1 mm). Both empty: NaN; exactly one
     empty: the volume diagonal in mm (``one_empty="diagonal"``) or NaN (``one_empty="nan"``);
     see the module docstring.
     """
-    from monai.metrics import compute_hausdorff_distance
+    from monai.metrics.utils import get_mask_edges, get_surface_distance
 
     if one_empty not in ONE_EMPTY:
         raise ValueError(f"one_empty must be one of {ONE_EMPTY}, got {one_empty!r}")
@@ -193,11 +195,8 @@ def hd95_per_class(
                 hd[c] = volume_diagonal(p.shape, sp)
             continue
         box = _union_box(box_p[c], box_t[c], p.shape)
-        masks = [torch.from_numpy(np.asarray(x[box] == c))[None, None] for x in (p, t)]
-        with warnings.catch_warnings():  # MONAI's own use of a deprecated argument
-            warnings.simplefilter("ignore", FutureWarning)
-            value = compute_hausdorff_distance(
-                *masks, include_background=True, percentile=95, spacing=list(sp)
-            )
-        hd[c] = float(value.reshape(-1)[0])
+        # MONAI's own steps, on the box already cropped (its crop would find the same box again)
+        edges = get_mask_edges(p[box] == c, t[box] == c, crop=False)
+        d = [get_surface_distance(a, b, spacing=list(sp)) for a, b in (edges, edges[::-1])]
+        hd[c] = max(float(torch.quantile(torch.from_numpy(x), 0.95)) for x in d)
     return hd[0 if include_background else 1 :]
