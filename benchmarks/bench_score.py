@@ -15,7 +15,9 @@ Brier, the logit-distance histogram, saturation, Dice) and with HD95, against MO
 included). Memory: in a fresh process per case, peak resident memory (``VmHWM``) above the
 resident memory after imports, as a multiple of the case's float32 probability array, for
 ``score_folder`` on the case in nnU-Net's ``.npz`` layout (HD95 included; reading the file is
-part of it) and for MONAI (``np.load`` + the metric).
+part of it) and for MONAI (``np.load`` + the metric). HD95 alone (the argmax map given):
+``metrics.hd95_per_class`` against MONAI's ``compute_hausdorff_distance`` called on each
+class's same bounding box (what ``hd95_per_class`` did before it called MONAI's steps itself).
 
     nice -n 10 python benchmarks/bench_score.py            # organs 8.1 M voxels, worst 2.0 M
     python benchmarks/bench_score.py --quick                # small cases, 1 repeat
@@ -101,6 +103,30 @@ def time_monai(p, y) -> float:
     return time.perf_counter() - t0
 
 
+def time_hd95(pred, y, k: int, which: str) -> float:
+    import warnings
+
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    from mls_tutorial.metrics import hd95_per_class
+    from mls_tutorial.metrics.segmentation import _union_box, class_boxes
+
+    t0 = time.perf_counter()
+    if which == "ours":
+        hd95_per_class(pred, y, k, SPACING)
+        return time.perf_counter() - t0
+    bp, by = class_boxes(pred, k), class_boxes(y, k)
+    for c in range(1, k):
+        box = _union_box(bp[c], by[c], y.shape)
+        masks = [torch.from_numpy(x[box] == c)[None, None] for x in (pred, y)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            compute_hausdorff_distance(*masks, include_background=True, percentile=95,
+                                       spacing=list(SPACING))  # fmt: skip
+    return time.perf_counter() - t0
+
+
 _MEMORY = """
 import json, resource, sys
 import monai.metrics, nibabel, numpy as np, torch
@@ -159,6 +185,7 @@ def main() -> None:
           "Mvox/s | score, no HD95: Mvox/s (x MONAI) | score with HD95: Mvox/s | peak memory / "
           "array: score (HD95 incl.), MONAI |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
+    hd95_lines = []
     for kind, k, shape in cases:
         p, y = MAKERS[kind](k, shape)
         n = y.size
@@ -172,8 +199,17 @@ def main() -> None:
             f"| {n / t_hd / 1e6:.2f} | {mem_score:.2f}x, {mem_monai:.2f}x |",
             flush=True,
         )
-        del p, y
+        pred = p.argmax(0).astype(np.uint8)
+        runs = [
+            (time_hd95(pred, y, k, "monai"), time_hd95(pred, y, k, "ours")) for _ in range(repeats)
+        ]
+        t_m, t_o = (statistics.median(r) for r in zip(*runs, strict=True))
+        hd95_lines.append(f"| {kind} | {t_m:.2f} | {t_o:.2f} | {t_m / t_o:.2f}x |")
+        del p, y, pred
     print(f"(median of {repeats}; memory: VmHWM, {resource.getpagesize()} B pages)")
+    print("\nHD95 alone, argmax given (s): MONAI compute_hausdorff_distance per class box vs ours")
+    print("| case | MONAI per box | hd95_per_class | ratio |\n|---|---|---|---|")
+    print("\n".join(hd95_lines))
 
 
 if __name__ == "__main__":
