@@ -24,22 +24,18 @@ def test_import_is_light():
     assert out.stdout.strip() == "[]"
 
 
-def _imports(path) -> set[str]:
-    return absolute_imports(path.read_text())
-
-
 def test_trainer_folder_imports_only_nnunet_torch_and_the_penalties():
     stdlib = {"__future__", "functools", "random", "re", "math"}
     folder = trainer_folder()
     modules = sorted(folder.glob("*.py"))
     assert [p.name for p in modules] == ["__init__.py", "mls_calibration_trainers.py"]
     for path in modules:
-        for name in _imports(path):
+        for name in absolute_imports(path.read_text()):
             top = name.split(".")[0]
             ok = top in stdlib | {"numpy", "torch", "nnunetv2"}
             assert ok or name == "mls_tutorial.nnunet.penalties", f"{path.name} imports {name}"
     penalties = folder.parent / "penalties.py"
-    assert {n.split(".")[0] for n in _imports(penalties)} <= stdlib | {"torch"}
+    assert {n.split(".")[0] for n in absolute_imports(penalties.read_text())} <= stdlib | {"torch"}
 
 
 def test_path_prints_the_folder_and_the_line_to_paste(capsys, monkeypatch):

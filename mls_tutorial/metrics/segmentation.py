@@ -176,7 +176,7 @@ def hd95_per_class(
     so the numbers are MONAI's full-volume ones, without a pass over the volume per class.
     The steps are MONAI's (``get_mask_edges``: erosion edges; ``get_surface_distance``: a k-d
     tree; ``torch.quantile`` of each direction, the larger), called on the box without its
-    second search for the same box (2.8x faster, ``benchmarks/bench_score.py``).
+    second search for the same box (the speed-up: ``benchmarks/bench_score.py``).
     ``spacing``: mm per axis of the label map (None: 1 mm). Both empty: NaN; exactly one
     empty: the volume diagonal in mm (``one_empty="diagonal"``) or NaN (``one_empty="nan"``);
     see the module docstring.
